@@ -1,0 +1,181 @@
+"""CIFAR-100 from torchvision, from a .npz of arrays, or synthetic; stratified seeded splits.
+
+Every source ends as uint8 arrays of shape (N, 32, 32, 3) (HWC, RGB) and int64 labels, so
+both pipelines and every test read the same thing.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from recipe.config import NUM_CLASSES, RecipeConfig, RecipeError
+
+SYNTHETIC_TRAIN = 10_000
+SYNTHETIC_TEST = 2_000
+# The synthetic dataset is one fixed dataset, whatever the run's seed, like a real one.
+SYNTHETIC_SEED = 20_240_611
+
+
+class DataError(RecipeError):
+    """The dataset is missing or malformed; the message says how to get a good one."""
+
+
+@dataclass(frozen=True)
+class Arrays:
+    x: np.ndarray  # uint8 (N, 32, 32, 3)
+    y: np.ndarray  # int64 (N,)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, index: np.ndarray) -> "Arrays":
+        return Arrays(self.x[index], self.y[index])
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Arrays
+    eval: Arrays
+    eval_name: str  # "val" (held out of the training set) or "test"
+
+
+@functools.lru_cache(maxsize=2)
+def synthetic(n_train: int = SYNTHETIC_TRAIN, n_test: int = SYNTHETIC_TEST) -> tuple[Arrays, Arrays]:
+    """A learnable stand-in for CIFAR-100: one smooth colour template per class plus noise.
+
+    Templates are 4x4 colour grids upsampled to 32x32, so a random crop (a shift of at most 4
+    pixels) keeps most of a template; per-image noise, contrast and brightness make it a task
+    a small network learns in a few epochs rather than at once.
+    """
+    rng = np.random.default_rng(SYNTHETIC_SEED)
+    grids = rng.uniform(0, 1, size=(NUM_CLASSES, 4, 4, 3))
+    templates = grids.astype(np.float32).repeat(8, axis=1).repeat(8, axis=2)  # (100, 32, 32, 3)
+    # Soften the 8x8 blocks so that edges are not a free give-away of the crop offset.
+    k = np.array([1, 2, 3, 2, 1], dtype=np.float32)
+    k /= k.sum()
+    for axis in (1, 2):
+        padded = np.pad(templates, [(2, 2) if a == axis else (0, 0) for a in range(4)], mode="edge")
+        templates = sum(w * np.take(padded, np.arange(i, i + 32), axis=axis) for i, w in enumerate(k))
+
+    def make(n: int) -> Arrays:
+        y = np.arange(n) % NUM_CLASSES
+        rng.shuffle(y)
+        contrast = rng.uniform(0.5, 1.0, size=(n, 1, 1, 1)).astype(np.float32)
+        brightness = rng.uniform(-0.15, 0.15, size=(n, 1, 1, 1)).astype(np.float32)
+        img = rng.standard_normal(size=(n, 32, 32, 3), dtype=np.float32)
+        img *= 0.1
+        img += 0.5 + brightness + contrast * (templates[y] - 0.5)
+        x = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+        y = y.astype(np.int64)
+        x.flags.writeable = y.flags.writeable = False  # cached: shared by every caller
+        return Arrays(x, y)
+
+    return make(n_train), make(n_test)
+
+
+def _check(name: str, x: np.ndarray, y: np.ndarray, where: str) -> Arrays:
+    if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+        raise DataError(f"{where}: x_{name} must be uint8 of shape (N, 32, 32, 3), got {x.dtype} {x.shape}")
+    if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where}: y_{name} must be integer labels of shape ({len(x)},), got {y.dtype} {y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= NUM_CLASSES):
+        raise DataError(f"{where}: y_{name} must hold labels 0-{NUM_CLASSES - 1}")
+    return Arrays(np.ascontiguousarray(x), y.astype(np.int64))
+
+
+def load_npz(path: str | Path) -> tuple[Arrays, Arrays]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file (expected a .npz with x_train, y_train, x_test, y_test)")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in f.files]
+            if missing:
+                raise DataError(f"{path}: missing array(s) {', '.join(missing)}; a .npz needs x_train, y_train, x_test, y_test")
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except DataError:
+        raise
+    except Exception as e:  # zipfile / pickle / format errors all mean the same to a user
+        raise DataError(f"{path}: not a readable .npz of arrays ({e})") from None
+    return (
+        _check("train", arrays["x_train"], arrays["y_train"], str(path)),
+        _check("test", arrays["x_test"], arrays["y_test"], str(path)),
+    )
+
+
+def cifar100_present(data_dir: str | Path) -> bool:
+    """Whether torchvision's CIFAR-100 files are in data_dir (present, not verified)."""
+    folder = Path(data_dir) / "cifar-100-python"
+    return all((folder / name).is_file() for name in ("train", "test", "meta"))
+
+
+def load_torchvision(data_dir: str | Path, download: bool) -> tuple[Arrays, Arrays]:
+    from torchvision.datasets import CIFAR100
+
+    out = []
+    for train in (True, False):
+        try:
+            ds = CIFAR100(root=str(data_dir), train=train, download=download)
+        except RuntimeError:
+            raise DataError(
+                f"CIFAR-100 not found in {data_dir}/ (cifar-100-python/): add --download to fetch it "
+                f"(about 170 MB), or pass --data PATH.npz or --data synthetic"
+            ) from None
+        out.append(_check("train" if train else "test", ds.data, np.asarray(ds.targets), str(data_dir)))
+    return out[0], out[1]
+
+
+def stratified_order(y: np.ndarray, seed: int) -> np.ndarray:
+    """All indices, ordered so that every prefix is as class-balanced as possible.
+
+    Within each class the order is a seeded permutation; classes then take turns (in a
+    seeded order), so the first n indices hold n // C or n // C + 1 of every class.
+    """
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(len(y))
+    classes, inverse = np.unique(y[perm], return_inverse=True)
+    rank = np.empty(len(y), dtype=np.int64)
+    for c in range(len(classes)):
+        members = np.flatnonzero(inverse == c)
+        rank[members] = np.arange(len(members))
+    class_turn = rng.permutation(len(classes))[inverse]
+    return perm[np.lexsort((class_turn, rank))]
+
+
+def load_splits(config: RecipeConfig) -> Splits:
+    """The training set and the evaluation set the config asks for.
+
+    With val_size > 0 the evaluation set is a stratified, seeded split of the training set
+    (the same for every run with the same seed and data) and the test set is not touched.
+    The subset is then taken from what remains, so the validation split does not depend on it.
+    """
+    if config.data == "synthetic":
+        train, test = synthetic()
+    elif config.data == "cifar100":
+        train, test = load_torchvision(config.data_dir, config.download)
+    elif config.data.endswith(".npz"):
+        train, test = load_npz(config.data)
+    else:
+        raise DataError(f"data: expected 'cifar100', 'synthetic' or a path to a .npz file, got {config.data!r}")
+
+    order = stratified_order(train.y, config.seed)
+    if config.val_size + config.subset > len(train):
+        raise DataError(
+            f"val_size ({config.val_size}) + subset ({config.subset}) exceed the {len(train)} training images"
+        )
+    if config.val_size:
+        evaluation = train.take(np.sort(order[: config.val_size]))
+        rest = order[config.val_size :]
+        eval_name = "val"
+    else:
+        evaluation, rest, eval_name = test, order, "test"
+        if config.eval_subset:
+            if config.eval_subset > len(test):
+                raise DataError(f"eval_subset ({config.eval_subset}) exceeds the {len(test)} test images")
+            evaluation = test.take(np.sort(stratified_order(test.y, config.seed)[: config.eval_subset]))
+    if config.subset:
+        rest = rest[: config.subset]
+    return Splits(train=train.take(np.sort(rest)), eval=evaluation, eval_name=eval_name)

@@ -1,0 +1,400 @@
+"""train(config, out_dir): the fixed recipe, top to bottom; and its CLI, python -m recipe.train.
+
+A run directory holds config.json, metrics.csv (a row per epoch), summary.json, curves.html
+and checkpoints/last.pt (everything needed to resume) and checkpoints/best.pt (the model
+with the best evaluation accuracy so far).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from recipe import checkpoint
+from recipe.checkpoint import CheckpointError
+from recipe.cli import Parser, add_config_flags, fail, given_settings
+from recipe.config import RESUME_MAY_DIFFER, ConfigError, RecipeConfig, RecipeError
+from recipe.curves import write_run_curves
+from recipe.data import cifar100_present, load_splits
+from recipe.engine import DeviceData, LoaderData, evaluate, train_epoch
+from recipe.model import ResNet34
+
+METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "eval_loss", "eval_acc", "epoch_time_s", "images_per_s")
+
+EpochCallback = Callable[[dict[str, Any], "Path | None"], None]
+
+
+class RunDirError(RecipeError):
+    """The output directory cannot be used as asked."""
+
+
+def resolve_device(config: RecipeConfig) -> torch.device:
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device: 'cuda' asked for, but torch sees no CUDA device (use --device cpu or auto)")
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def amp_dtype(config: RecipeConfig, device: torch.device) -> torch.dtype | None:
+    mode = ("bf16" if device.type == "cuda" else "off") if config.amp == "auto" else config.amp
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
+
+
+def use_channels_last(config: RecipeConfig, device: torch.device) -> bool:
+    return config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
+
+
+def steps_per_epoch(config: RecipeConfig, train_images: int) -> int:
+    return math.ceil(train_images / config.batch_size)
+
+
+def make_optimizer(model: nn.Module, config: RecipeConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, config: RecipeConfig, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """OneCycle over all `steps` of the run, stepped every batch.
+
+    Built from the run's full length (never from a rung of a search), so two runs with the
+    same epochs are at the same point of the same schedule at every epoch.
+    """
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=steps, pct_start=config.pct_start,
+        div_factor=config.div_factor, final_div_factor=config.final_div_factor, cycle_momentum=config.cycle_momentum,
+    )
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return "cpu"
+
+
+def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    checkpoint.write_text(path, buf.getvalue())
+
+
+def check_resumable(state: dict[str, Any], config: RecipeConfig, path: Path) -> None:
+    if state.get("kind") != "last":
+        raise CheckpointError(f"{path}: holds a {state.get('kind')!r} model, not a resumable run state")
+    saved = state["config"]
+    for name, value in config.to_dict().items():
+        if name not in RESUME_MAY_DIFFER and saved.get(name) != value:
+            raise CheckpointError(
+                f"{path}: the run was started with {name}={saved.get(name)!r}, not {value!r}; "
+                f"resume with the same settings, or start a new run in another --out"
+            )
+
+
+def train(
+    config: RecipeConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    callback: EpochCallback | None = None,
+    log: Callable[[str], None] | None = None,
+    progress: bool = False,
+    curves: bool = True,
+    keep_best: bool = True,
+) -> dict[str, Any]:
+    """Train the recipe as `config` says and write the run into `out_dir`; return the summary.
+
+    After every epoch, `callback(metrics, last_checkpoint_path)` is called with that epoch's
+    metrics (plus "status") once its checkpoint is on disk; the path is None for an epoch that
+    diverged, which is not checkpointed. With resume=True the run continues from
+    out_dir/checkpoints/last.pt and ends exactly where an uninterrupted run would. Bad input
+    raises a RecipeError before anything is written. curves=False skips curves.html and
+    keep_best=False skips checkpoints/best.pt (a search's trials need neither).
+    """
+    out = Path(out_dir)
+    ckpt_dir = out / "checkpoints"
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    device = resolve_device(config)
+    state = None
+    if resume:
+        state = checkpoint.load(last_path, map_location=device)
+        check_resumable(state, config, last_path)
+    elif last_path.exists():
+        raise RunDirError(f"{out}: holds a run already; add --resume to continue it, or choose another --out")
+    splits = load_splits(config)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_text(out / "config.json", config.to_json() + "\n")
+    except OSError as e:
+        raise RunDirError(f"{out}: cannot write there ({e.strerror or e})") from None
+
+    if log:
+        log(f"run directory: {out}; {len(splits.train)} training images, {len(splits.eval)} {splits.eval_name} images, "
+            f"{device_name(device)}, {config.pipeline} pipeline" + (f", resuming after epoch {state['epoch']}" if state else ""))
+    torch.manual_seed(config.seed)
+    channels_last = use_channels_last(config, device)
+    dtype = amp_dtype(config, device)
+    model = ResNet34(width=config.width, dropout=config.dropout).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    step_model = torch.compile(model) if config.compile else model
+    optimizer = make_optimizer(model, config)
+    steps = steps_per_epoch(config, len(splits.train))
+    scheduler = make_scheduler(optimizer, config, config.epochs * steps)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    if config.pipeline == "fast":
+        train_data, eval_data = DeviceData(splits.train, device, channels_last), DeviceData(splits.eval, device, channels_last)
+        train_batches = lambda: train_data.train_batches(config.batch_size, config.erasing_p)  # noqa: E731
+        eval_batches = lambda: eval_data.eval_batches(4 * config.batch_size)  # noqa: E731
+    else:
+        train_loader = LoaderData(splits.train, device, config.workers, True, config.batch_size, config.erasing_p, channels_last)
+        eval_loader = LoaderData(splits.eval, device, config.workers, False, 4 * config.batch_size, 0.0, channels_last)
+        train_batches, eval_batches = (lambda: train_loader), (lambda: eval_loader)
+
+    history: list[dict[str, Any]] = []
+    best_acc, best_epoch, wall_before = -1.0, 0, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if device.type == "cuda" and state["rng"].get("cuda"):
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        history = list(state["history"])
+        best_acc, best_epoch, wall_before = state["best_acc"], state["best_epoch"], state["wall_time_s"]
+
+    title = f"{out.name}: ResNet34 (width {config.width}), lr {config.lr:g}, wd {config.weight_decay:g}"
+
+    def summary(status: str, wall: float) -> dict[str, Any]:
+        last = history[-1] if history else {}
+        return {
+            "status": status,
+            "epochs": config.epochs,
+            "epochs_run": len(history),
+            "eval_set": splits.eval_name,
+            "train_images": len(splits.train),
+            "eval_images": len(splits.eval),
+            "final_eval_acc": last.get("eval_acc"),
+            "final_eval_loss": last.get("eval_loss"),
+            "best_eval_acc": best_acc if best_epoch else None,
+            "best_epoch": best_epoch or None,
+            "wall_time_s": wall,
+            "torch_version": torch.__version__,
+            "device": device_name(device),
+            "git_commit": git_commit(),
+            "config": config.to_dict(),
+        }
+
+    def finish(status: str, wall: float) -> dict[str, Any]:
+        result = summary(status, wall)
+        checkpoint.write_json(out / "summary.json", result)
+        if curves and history:
+            write_run_curves(history, out / "curves.html", title, splits.eval_name)
+        return result
+
+    start = time.perf_counter()
+    wall = lambda: wall_before + time.perf_counter() - start  # noqa: E731
+    status = "running"
+    bar = None
+    try:
+        for epoch in range(len(history) + 1, config.epochs + 1):
+            if progress:
+                from tqdm import tqdm
+
+                bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="step")
+            t0 = time.perf_counter()
+            result = train_epoch(
+                step_model, train_batches(), optimizer, scheduler, loss_fn, device=device, amp_dtype=dtype,
+                scaler=scaler, grad_clip=config.grad_clip, on_step=bar.update if bar else None,
+            )
+            t_train = time.perf_counter() - t0
+            if bar is not None:
+                bar.close()
+            if result.diverged:
+                eval_loss = eval_acc = float("nan")
+            else:
+                eval_loss, eval_acc = evaluate(step_model, eval_batches(), device=device, amp_dtype=dtype)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()  # the seed's cache clearing, once per epoch, outside the step loop
+            row = {
+                "epoch": epoch,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": result.loss,
+                "train_acc": result.acc,
+                "eval_loss": eval_loss,
+                "eval_acc": eval_acc,
+                "epoch_time_s": time.perf_counter() - t0,
+                "images_per_s": result.images / t_train,
+            }
+            history.append(row)
+            write_metrics_csv(out / "metrics.csv", history)
+            if result.diverged:
+                status = "diverged"
+                if log:
+                    log(f"epoch {epoch}: the training loss is not finite; the run diverged and stops here")
+                if callback:
+                    callback({**row, "status": status}, None)
+                break
+            if eval_acc > best_acc:
+                best_acc, best_epoch = eval_acc, epoch
+                if keep_best:
+                        checkpoint.save(best_path, {"kind": "best", "config": config.to_dict(), "epoch": epoch,
+                                                "eval_acc": eval_acc, "model": model.state_dict()})
+            checkpoint.save(last_path, {
+                "kind": "last",
+                "config": config.to_dict(),
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else {},
+                "rng": {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+                "history": history,
+                "best_acc": best_acc,
+                "best_epoch": best_epoch,
+                "wall_time_s": wall(),
+            })
+            status = "completed" if epoch == config.epochs else "running"
+            checkpoint.write_json(out / "summary.json", summary(status, wall()))
+            if log:
+                log(
+                    f"epoch {epoch:>3}/{config.epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} "
+                    f"acc {100 * row['train_acc']:5.2f}%  {splits.eval_name} loss {eval_loss:.4f} "
+                    f"acc {100 * eval_acc:5.2f}%  {row['epoch_time_s']:.1f}s  {row['images_per_s']:.0f} img/s"
+                )
+            if callback:
+                callback({**row, "status": status}, last_path)
+        else:
+            status = "completed"
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+        finish("interrupted", wall())
+        raise
+    return finish(status, wall())
+
+
+SEARCHED = ("lr", "weight_decay", "dropout", "label_smoothing")
+
+
+def config_from_study(results_dir: str | Path, study: str | None, which: str) -> tuple[RecipeConfig, str, Path]:
+    """The final run's config of a study: its best trial's ('best') or a given trial's settings.
+
+    Reads results/<study>/best.json, which the search writes with the full final-run config;
+    for a trial id, that config with the trial's sampled settings from trials.csv instead.
+    Returns the config, a sentence saying what was taken, and the study's directory.
+    """
+    root = Path(results_dir)
+    if study is None:
+        found = sorted(root.glob("*/best.json"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise RecipeError(f"{root}/: no finished study (no */best.json); run python -m search.run first")
+        study_dir = found[-1].parent
+    else:
+        study_dir = root / study
+    best_path = study_dir / "best.json"
+    if not best_path.is_file():
+        raise RecipeError(f"{best_path}: no such file; has study {study_dir.name!r} finished its search?")
+    try:
+        best = json.loads(best_path.read_text())
+        base = RecipeConfig.from_dict(best["final_config"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise RecipeError(f"{best_path}: not a best.json written by search.run ({e})") from None
+    if which == "best":
+        return base, f"study {study_dir.name!r}, best trial {best['trial_id']} (value {best['value']:.4f})", study_dir
+    trials_path = study_dir / "trials.csv"
+    with open(trials_path, newline="") as f:
+        rows = {row["trial_id"]: row for row in csv.DictReader(f)}
+    if which not in rows:
+        known = ", ".join(sorted(rows)) or "none"
+        raise RecipeError(f"--from-study: no trial {which!r} in {trials_path} (trials: {known})")
+    row = rows[which]
+    config = base.replace(**{name: float(row[name]) for name in SEARCHED})
+    return config, f"study {study_dir.name!r}, trial {which} ({row['state']}, value {row['value'] or 'none'})", study_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = Parser(
+        prog="python -m recipe.train",
+        description="Train the fixed ResNet34 recipe on CIFAR-100 (or a .npz of arrays, or synthetic data). "
+        "Every setting defaults to the seed recipe.",
+    )
+    add_config_flags(parser)
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", help="run directory (default: results/runs/<date-time>, or results/<study>/<trial>-<date-time> with --from-study)")
+    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    run.add_argument("--from-study", metavar="best|TRIAL_ID",
+                     help="take the settings of a study's final run: its best trial, or the trial with this id; "
+                          "any other flag given overrides that one setting")
+    run.add_argument("--study", help="with --from-study: the study's name (default: the newest finished study)")
+    run.add_argument("--results-dir", default="results", help="with --from-study: where studies live (default: results)")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="a progress bar per epoch (default: when stderr is a terminal)")
+    args = parser.parse_args(argv)
+    if args.study and not args.from_study:
+        parser.error("--study goes with --from-study")
+    if args.resume and not args.out:
+        parser.error("--resume needs --out, the run directory to continue")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    try:
+        given = given_settings(args)
+        if args.from_study:
+            base, taken, study_dir = config_from_study(args.results_dir, args.study, args.from_study)
+            config = base.replace(**given)
+            out = Path(args.out or study_dir / f"{args.from_study}-{stamp}")
+            print(f"from {taken}: {', '.join(f'{k}={getattr(config, k):g}' for k in SEARCHED)}"
+                  + (f"; overridden: {', '.join(sorted(given))}" if given else ""))
+        else:
+            config = RecipeConfig.from_dict(given)
+            out = Path(args.out or Path("results") / "runs" / stamp)
+        if config.data == "cifar100" and not config.download and not cifar100_present(config.data_dir) and sys.stdin.isatty():
+            answer = input(f"CIFAR-100 is not in {config.data_dir}/. Download it now (about 170 MB)? [y/N] ")
+            if answer.strip().lower() in ("y", "yes"):
+                config = config.replace(download=True)
+        progress = sys.stderr.isatty() if args.progress is None else args.progress
+        summary = train(config, out, resume=args.resume, log=print, progress=progress)
+    except RecipeError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python -m recipe.train --out {out} --resume"
+              + (" (and the same settings)" if not args.from_study else ""), file=sys.stderr)
+        return 130
+    best = summary["best_eval_acc"]
+    print(
+        f"{summary['status']}: {summary['epochs_run']}/{summary['epochs']} epochs, final {summary['eval_set']} accuracy "
+        f"{100 * (summary['final_eval_acc'] or 0):.2f}%, best {100 * (best or 0):.2f}% (epoch {summary['best_epoch']}), "
+        f"{summary['wall_time_s']:.0f}s; curves: {out / 'curves.html'}"
+    )
+    return 0 if summary["status"] == "completed" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
