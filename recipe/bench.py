@@ -9,7 +9,6 @@ so it is the ceiling the two data paths are measured against.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import sys

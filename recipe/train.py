@@ -265,7 +265,7 @@ def train(
             if eval_acc > best_acc:
                 best_acc, best_epoch = eval_acc, epoch
                 if keep_best:
-                        checkpoint.save(best_path, {"kind": "best", "config": config.to_dict(), "epoch": epoch,
+                    checkpoint.save(best_path, {"kind": "best", "config": config.to_dict(), "epoch": epoch,
                                                 "eval_acc": eval_acc, "model": model.state_dict()})
             checkpoint.save(last_path, {
                 "kind": "last",
@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_config_flags(parser)
     run = parser.add_argument_group("run")
-    run.add_argument("--out", help="run directory (default: results/runs/<date-time>, or results/<study>/<trial>-<date-time> with --from-study)")
+    run.add_argument("--out", help="run directory (default: results/runs/<date-time>; with --from-study: "
+                                   "results/<study>/<best|TRIAL_ID>-<date-time>)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument("--from-study", metavar="best|TRIAL_ID",
                      help="take the settings of a study's final run: its best trial, or the trial with this id; "

@@ -1,8 +1,17 @@
 """Shared helpers: tiny recipe configs that train in seconds on a CPU."""
 from __future__ import annotations
 
+import ipaddress
 import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
@@ -19,6 +28,112 @@ def tiny_config(**changes) -> RecipeConfig:
     return RecipeConfig(**{**base, **changes})
 
 
-@pytest.fixture
-def tiny():
-    return tiny_config
+# ---------------------------------------------------------------------------------------------
+# End-to-end studies: `python -m search.run` in a subprocess, as a user runs it.
+
+REPO = Path(__file__).resolve().parent.parent
+# A network namespace with a non-loopback address (and a default route through it), so that a
+# Ray left to itself would have an outside address to pick; nothing can leave the namespace.
+NETNS_SETUP = (
+    "ip link set lo up && ip link add veth0 type veth peer name veth1 && "
+    "ip addr add 10.23.0.1/24 dev veth0 && ip link set veth0 up && ip link set veth1 up && "
+    "ip route add default via 10.23.0.2 dev veth0"
+)
+
+
+def isolated_network_available() -> bool:
+    if not shutil.which("unshare") or not shutil.which("ip"):
+        return False
+    return subprocess.run(["unshare", "-n", "sh", "-c", NETNS_SETUP], capture_output=True).returncode == 0
+
+
+@dataclass
+class StudyRun:
+    """A finished (or stopped) `python -m search.run` and what was seen while it ran."""
+
+    args: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    listening: set = field(default_factory=set)  # (ip, port) of the sockets seen listening
+    isolated: bool = False
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
+def listening_sockets(pid: int) -> set:
+    """(ip, port) of every listening TCP socket in the network namespace of process `pid`.
+
+    Read from /proc/<pid>/net/tcp{,6}, which show that process's namespace (psutil reads the
+    caller's), so this also sees into a study run under `unshare -n`.
+    """
+    found = set()
+    for name, family in (("tcp", 4), ("tcp6", 6)):
+        try:
+            lines = Path(f"/proc/{pid}/net/{name}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            if state != "0A":  # TCP_LISTEN
+                continue
+            addr, port = local.split(":")
+            raw = bytes.fromhex(addr)
+            # The kernel prints each 32-bit word in host (little-endian) order.
+            packed = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            ip = ipaddress.ip_address(packed)
+            found.add((str(getattr(ip, "ipv4_mapped", None) or ip), int(port, 16)))
+    return found
+
+
+def start_study(args: list[str], isolated: bool) -> subprocess.Popen:
+    command = [sys.executable, "-m", "search.run", *args]
+    if isolated:
+        command = ["unshare", "-n", "sh", "-c", NETNS_SETUP + ' && exec "$0" "$@"', *command]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+
+
+def run_study(args: list[str], *, isolated: bool = False, timeout: float = 900, watch=None) -> StudyRun:
+    """Run a study to its end, sampling its listening sockets; watch(proc) may act on it meanwhile."""
+    proc = start_study(args, isolated)
+    listening: set = set()
+    out: list[str] = []
+    err: list[str] = []
+
+    readers = [threading.Thread(target=lambda s=s, b=b: b.extend(s), daemon=True)
+               for s, b in ((proc.stdout, out), (proc.stderr, err))]
+    for r in readers:
+        r.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"study {args} did not finish in {timeout} s")
+            listening |= listening_sockets(proc.pid)
+            if watch is not None:
+                watch(proc, "".join(out))
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for r in readers:
+            r.join(timeout=10)
+    return StudyRun(args, proc.returncode, "".join(out), "".join(err), listening, isolated)
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory):
+    """The smoke study, run once as the README runs it, in an isolated network where possible."""
+    results = tmp_path_factory.mktemp("results")
+    run = run_study(["--study", "smoke", "--results-dir", str(results)], isolated=isolated_network_available())
+    run.results = results
+    run.root = results / "smoke"
+    return run

@@ -56,7 +56,7 @@ def test_evaluation_loss_is_plain_cross_entropy(tmp_path):
     config = tiny_config(epochs=1, label_smoothing=0.5)
     train(config, tmp_path)
     from recipe.data import load_splits
-    from recipe.engine import DeviceData, evaluate
+    from recipe.engine import DeviceData
     from recipe.model import ResNet34
 
     model = ResNet34(width=config.width, dropout=config.dropout)

@@ -1,0 +1,160 @@
+"""python -m search.run: a study (Ray Tune + Optuna TPE + ASHA), then the final run, then the report.
+
+    python -m search.run --study default --trials 40 --gpus 4
+
+Results go to results/<study>/: optuna.db (the Optuna study, live), trials.csv, best.json,
+final/ (the final run, a recipe run directory) and report.html. Ray Tune's own experiment
+goes to results/<study>/tune/ (or under --storage). Ctrl-C or SIGTERM stops the study with
+its state saved; --resume continues it.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import signal
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recipe.cli import Parser, add_config_flags, fail, given_settings
+from recipe.config import RecipeError
+from recipe.data import load_splits
+from search import study as studies
+from search.study import StudyPaths, StudySpec
+
+DATA_FLAGS = ("data", "data_dir", "download")
+RESOURCE_FLAGS = ("gpus", "trials_per_gpu", "cpus_per_trial")
+INTERRUPTED = 130
+# Ray's switch for single-machine use: with it off, Ray takes 127.0.0.1 as the node's address
+# (ray._private.services.get_node_ip_address), so a local study listens on loopback only.
+LOCAL_RAY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: StudySpec
+    paths: StudyPaths
+    resume: bool
+    storage: str  # where Ray Tune keeps its experiments: <storage>/<study>/tune and .../final-tune
+    address: str | None
+    final: bool
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = Parser(prog="python -m search.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", default="default", help="a study name in studies/ or a path to a .toml (default: default)")
+    parser.add_argument("--trials", type=int, help="number of trials (default: the study's)")
+    parser.add_argument("--gpus", type=int,
+                        help="GPUs to use; 0 runs on CPU only (default: the study's, else every GPU Ray sees)")
+    parser.add_argument("--trials-per-gpu", type=int, help="trials sharing one GPU (default: the study's)")
+    parser.add_argument("--cpus-per-trial", type=int, help="CPU cores per trial (default: the study's)")
+    parser.add_argument("--results-dir", default="results", help="where studies' results go (default: results)")
+    parser.add_argument("--address", help="join the running Ray cluster at this address (ray start --head prints it)")
+    parser.add_argument("--storage", help="where Ray Tune keeps trials and checkpoints: a path every node sees, or a "
+                                          "URI Ray accepts such as s3://bucket/prefix (default: the results dir)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted study where it stopped")
+    parser.add_argument("--no-final", action="store_true", help="stop after the search: no final run")
+    add_config_flags(parser, DATA_FLAGS, title="data (passed to every run of the study)")
+    return parser.parse_args(argv)
+
+
+def with_overrides(spec: StudySpec, args: argparse.Namespace) -> StudySpec:
+    resources = {k: getattr(args, k) for k in RESOURCE_FLAGS if getattr(args, k) is not None}
+    data = given_settings(args, DATA_FLAGS)
+    # Trials run in Tune's working directories: relative data paths must not depend on that.
+    if "data_dir" in data:
+        data["data_dir"] = str(Path(data["data_dir"]).resolve())
+    elif "data_dir" not in spec.recipe:
+        data["data_dir"] = str(Path("data").resolve())
+    if data.get("data", "").endswith(".npz"):
+        data["data"] = str(Path(data["data"]).resolve())
+    changes: dict[str, Any] = {"recipe": {**spec.recipe, **data}}
+    if args.trials is not None:
+        changes["trials"] = args.trials
+    if resources:
+        changes["resources"] = dataclasses.replace(spec.resources, **resources)
+    return spec.replace(**changes)
+
+
+def study_state(paths: StudyPaths) -> str:
+    """'new', 'finished' (search and final run done) or 'unfinished'."""
+    if not paths.spec.exists():
+        return "new"
+    summary = paths.final / "summary.json"
+    if paths.best.exists() and summary.exists() and '"status": "completed"' in summary.read_text():
+        return "finished"
+    return "unfinished"
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Everything decided before Ray starts; bad input raises RecipeError and nothing is written."""
+    spec = studies.load(args.study)
+    paths = StudyPaths.of(args.results_dir, spec.name)
+    state = study_state(paths)
+    resume = args.resume
+    if state == "new" and resume:
+        raise RecipeError(f"{paths.root}: nothing to resume (no study {spec.name!r} there)")
+    if state != "new" and not resume:
+        what = "has finished" if state == "finished" else "was interrupted"
+        if sys.stdin.isatty() and state == "unfinished":
+            answer = input(f"Study {spec.name!r} in {paths.root} {what}. Resume it? [Y/n] ").strip().lower()
+            if answer not in ("", "y", "yes"):
+                raise RecipeError(f"{paths.root}: not resumed; remove it, or pass another --results-dir, to start over")
+            resume = True
+        else:
+            hint = ("its report is " + str(paths.report)) if state == "finished" else "add --resume to continue it"
+            raise RecipeError(f"{paths.root}: study {spec.name!r} {what}; {hint}, or remove the directory to start over")
+    if resume:
+        changed = [f for f in ("trials", *DATA_FLAGS) if getattr(args, f) is not None]
+        if changed:
+            raise RecipeError(f"--{changed[0].replace('_', '-')}: a resumed study keeps the settings it started with "
+                              f"({paths.spec}); only resources may change")
+        saved = paths.load_spec()
+        resources = {k: getattr(args, k) for k in RESOURCE_FLAGS if getattr(args, k) is not None}
+        spec = saved.replace(resources=dataclasses.replace(saved.resources, **resources)) if resources else saved
+    else:
+        spec = with_overrides(spec, args)
+        # Missing or malformed data is a one-line error now, not a crash in every trial later.
+        load_splits(spec.trial_config(spec.seed_params()))
+    storage = args.storage.rstrip("/") if args.storage else str(paths.root.parent)
+    if args.storage and "://" not in args.storage:
+        storage = str(Path(args.storage).resolve())
+    return Plan(spec=spec, paths=paths, resume=resume, storage=f"{storage}/{spec.name}", address=args.address,
+                final=not args.no_final)
+
+
+def sigterm_as_sigint(signum: int, frame: Any) -> None:
+    """Tune stops a run gracefully on SIGINT, its state saved; SIGTERM gets the same treatment."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        p = plan(args)
+    except RecipeError as e:
+        fail(str(e))
+    if p.address is None:
+        os.environ[LOCAL_RAY] = "0"  # read when ray is first imported, below
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: none of Tune's tables; live.py reports
+    warnings.filterwarnings("ignore", module=r"(ray|optuna)(\..*)?$")
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    from search import tuning  # imports ray and optuna
+
+    tuning.optuna.logging.set_verbosity(logging.WARNING)
+
+    try:
+        return tuning.run(p, on_ray_started=lambda: signal.signal(signal.SIGTERM, sigterm_as_sigint))
+    except RecipeError as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with: python -m search.run --study {p.spec.name} --resume", file=sys.stderr)
+        return INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Ray Tune's OptunaSearch with the bookkeeping an early-stopped search needs.
+
+Ray's OptunaSearch tells Optuna that a trial ASHA stopped is COMPLETE with its last value,
+and drops the value of the epoch on which it stopped (Tune does not pass that result to
+on_trial_result). TPE then models stopped trials as finished ones, and every Optuna plot and
+the dashboard show them as such. Here:
+
+- every epoch's value is an intermediate value of its Optuna trial, the last one included;
+- a trial that ran the whole horizon is COMPLETE, with its value at the horizon;
+- a trial stopped before the horizon is PRUNED (Optuna keeps its last value as its value);
+- a trial that crashed (after its retries) or diverged is FAIL, its reason in user attrs;
+- after a restore, a RUNNING Optuna trial that Tune no longer knows is marked FAIL, so no
+  trial stays RUNNING forever.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+from ray.tune import Callback
+from ray.tune.search.optuna import OptunaSearch
+
+from search.study import StudySpec
+
+logger = logging.getLogger(__name__)
+
+EPOCH = "epoch"
+
+
+def sampler_for(spec: StudySpec) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(
+        seed=spec.seed, n_startup_trials=spec.sampler.n_startup_trials,
+        multivariate=spec.sampler.multivariate, constant_liar=spec.sampler.constant_liar,
+    )
+
+
+def distributions(spec: StudySpec) -> dict[str, FloatDistribution]:
+    return {name: FloatDistribution(p.low, p.high, log=p.log) for name, p in spec.space.items()}
+
+
+def reason_of(error: BaseException | None, attempts: int) -> str:
+    """The last line of a trial's error (the exception itself), and how often it was tried."""
+    lines = [line.strip() for line in str(error or "unknown error").strip().splitlines() if line.strip()]
+    return f"{lines[-1][:500] if lines else type(error).__name__} (after {attempts} attempt{'s' * (attempts != 1)})"
+
+
+class StudySearcher(OptunaSearch):
+    def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
+        super().__init__(
+            space=distributions(spec), metric=spec.metric, mode=spec.mode, sampler=sampler_for(spec),
+            storage=storage, study_name=spec.name, points_to_evaluate=[spec.seed_params()],
+        )
+        self._horizon = spec.asha.horizon
+        self._pending_failures: dict[str, dict[str, Any]] = {}
+        self._final_states: dict[str, tuple[str, str | None]] = {}
+
+    # Names for the live view.
+    def number(self, trial_id: str) -> int | None:
+        trial = self._ot_trials.get(trial_id)
+        return trial.number if trial is not None else None
+
+    def final_state(self, trial_id: str) -> str | None:
+        """'complete', 'pruned' or 'fail' once the trial is told; None before."""
+        return self._final_states.get(trial_id, (None, None))[0]
+
+    def failure_reason(self, trial_id: str) -> str | None:
+        return self._final_states.get(trial_id, (None, None))[1]
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return params
+
+    def _report(self, trial_id: str, result: dict[str, Any]) -> None:
+        value, epoch = result.get(self.metric), result.get(EPOCH)
+        if epoch is None or value is None or not math.isfinite(value):
+            return
+        try:
+            self._ot_trials[trial_id].report(float(value), int(epoch))
+        except Exception as e:  # a trial told before a restore cannot take values again
+            logger.debug("not reported for %s: %s", trial_id, e)
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        epochs = int(result.get(EPOCH, 0)) if result else 0
+        if error:
+            # The reason reaches us a moment later, through FailureReasons.on_trial_error.
+            self._pending_failures[trial_id] = {"epochs": epochs}
+            return
+        if result:
+            self._report(trial_id, result)  # Tune skips on_trial_result for the stopping epoch
+        if result and result.get("status") == "diverged":
+            self._finish(trial_id, TrialState.FAIL, None, epochs=epochs,
+                         reason=f"diverged: the training loss was not finite in epoch {epochs}")
+        elif epochs >= self._horizon:
+            self._finish(trial_id, TrialState.COMPLETE, float(result[self.metric]), epochs=epochs)
+        else:
+            self._finish(trial_id, TrialState.PRUNED, None, epochs=epochs)
+
+    def record_failure(self, trial_id: str, reason: str) -> None:
+        pending = self._pending_failures.pop(trial_id, None)
+        if pending is not None:
+            self._finish(trial_id, TrialState.FAIL, None, epochs=pending["epochs"], reason=reason)
+
+    def _finish(self, trial_id: str, state: TrialState, value: float | None, *, epochs: int, reason: str | None = None) -> None:
+        trial = self._ot_trials[trial_id]
+        try:
+            trial.set_user_attr("epochs", epochs)
+            if reason:
+                trial.set_user_attr("reason", reason)
+            self._ot_study.tell(trial, value, state=state)
+        except Exception as e:  # told already, before an interruption: keep what Optuna has
+            logger.warning("trial %s: %s", trial.number, e)
+        self._completed_trials.add(trial_id)
+        self._final_states[trial_id] = (state.name.lower(), reason)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        live = {t.number for tid, t in self._ot_trials.items() if tid not in self._completed_trials}
+        fail_running(self._ot_study, "the study stopped before Tune recorded this trial; it never ran to an end",
+                     keep=live)
+
+
+def fail_running(study: optuna.Study, reason: str, keep: set[int] = frozenset()) -> list[int]:
+    """Mark FAIL, with a reason, every RUNNING trial of the study but those numbered in `keep`."""
+    failed = []
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if frozen.number not in keep:
+            study._storage.set_trial_user_attr(frozen._trial_id, "reason", reason)
+            study.tell(frozen.number, state=TrialState.FAIL)
+            failed.append(frozen.number)
+    return failed
+
+
+class FailureReasons(Callback):
+    """Hands the searcher the error of each trial that failed for good."""
+
+    def __init__(self, searcher: StudySearcher) -> None:
+        self.searcher = searcher
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.searcher.record_failure(trial.trial_id, reason_of(trial.get_error(), trial.num_failures))

@@ -1,0 +1,323 @@
+"""StudySpec: a study as studies/<name>.toml defines it, validated; and where its results live.
+
+A study file (read with the standard library's tomllib) has these tables; every key is
+optional except the search space:
+
+    seed = 0                      # seeds the sampler, and every trial's recipe
+    trials = 40                   # how many trials the search runs
+
+    [objective]                   # what a trial is scored on, on its validation split
+    metric = "eval_acc"           # "eval_acc" (maximised) or "eval_loss" (minimised)
+
+    [space.lr]                    # one table per searched setting: lr, weight_decay,
+    low = 0.02                    # dropout and label_smoothing, each with its range
+    high = 0.4                    # and whether it is searched on a log scale
+    log = true
+
+    [sampler]                     # Optuna's TPE
+    n_startup_trials = 10         # random trials before TPE models the results
+    multivariate = true
+    constant_liar = true          # keeps parallel trials from piling onto one point
+
+    [asha]                        # early stopping on the epoch counter
+    horizon = 50                  # epochs of a trial: its whole OneCycle schedule
+    grace_period = 5              # epochs before the first rung
+    reduction_factor = 3          # keep the best 1/3 at each rung
+
+    [resources]
+    gpus = 1                      # GPUs to use (0: CPU only; omitted: all Ray sees)
+    trials_per_gpu = 4            # trials sharing one GPU
+    cpus_per_trial = 2
+    max_failures = 2              # retries of a crashed trial from its last checkpoint
+
+    [recipe]                      # recipe settings for every run of the study
+    [trial]                       # recipe settings for the trials only (val_size > 0)
+    [final]                       # recipe settings for the final run only
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recipe.config import RecipeConfig, RecipeError
+
+SEARCHED = ("lr", "weight_decay", "dropout", "label_smoothing")
+METRICS = {"eval_acc": "max", "eval_loss": "min"}
+STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+
+
+class SpecError(RecipeError):
+    """A study file is missing or wrong; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Param:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Sampler:
+    n_startup_trials: int = 10
+    multivariate: bool = True
+    constant_liar: bool = True
+
+
+@dataclass(frozen=True)
+class Asha:
+    horizon: int = 50
+    grace_period: int = 5
+    reduction_factor: int = 3
+
+
+@dataclass(frozen=True)
+class Resources:
+    gpus: int | None = None
+    trials_per_gpu: int = 4
+    cpus_per_trial: int = 2
+    max_failures: int = 2
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    space: dict[str, Param]
+    seed: int = 0
+    trials: int = 40
+    metric: str = "eval_acc"
+    sampler: Sampler = field(default_factory=Sampler)
+    asha: Asha = field(default_factory=Asha)
+    resources: Resources = field(default_factory=Resources)
+    recipe: dict[str, Any] = field(default_factory=dict)
+    trial: dict[str, Any] = field(default_factory=dict)
+    final: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mode(self) -> str:
+        return METRICS[self.metric]
+
+    def seed_params(self) -> dict[str, float]:
+        """The searched settings of the recipe this study wraps: its trial 0."""
+        base = RecipeConfig.from_dict(self.recipe)
+        return {name: getattr(base, name) for name in SEARCHED}
+
+    def trial_config(self, params: dict[str, float]) -> RecipeConfig:
+        """A trial's recipe: the study's settings, the sampled ones, the horizon as its length."""
+        return RecipeConfig.from_dict(
+            {"seed": self.seed, **self.recipe, **self.trial, **params, "epochs": self.asha.horizon}
+        )
+
+    def final_config(self, params: dict[str, float]) -> RecipeConfig:
+        """The final run's recipe: the whole training set, evaluated on the test set."""
+        return RecipeConfig.from_dict({"seed": self.seed, **self.recipe, **self.final, **params})
+
+    def rungs(self) -> list[int]:
+        """The epochs at which ASHA compares trials (before the horizon)."""
+        out, r = [], self.asha.grace_period
+        while r < self.asha.horizon:
+            out.append(r)
+            r *= self.asha.reduction_factor
+        return out
+
+    def replace(self, **changes: Any) -> "StudySpec":
+        spec = dataclasses.replace(self, **changes)
+        validate(spec, "command line")
+        return spec
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], where: str = "spec") -> "StudySpec":
+        try:
+            spec = cls(
+                name=d["name"], seed=d["seed"], trials=d["trials"], metric=d["metric"],
+                space={k: Param(**v) for k, v in d["space"].items()},
+                sampler=Sampler(**d["sampler"]), asha=Asha(**d["asha"]), resources=Resources(**d["resources"]),
+                recipe=d["recipe"], trial=d["trial"], final=d["final"],
+            )
+        except (KeyError, TypeError) as e:
+            raise SpecError(f"{where}: not a saved study spec ({e})") from None
+        validate(spec, where)
+        return spec
+
+
+def _typed(where: str, key: str, value: Any, kind: type, minimum: float | None = None) -> Any:
+    ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise SpecError(f"{where}: {key} must be {kind.__name__}, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise SpecError(f"{where}: {key} must be >= {minimum}, got {value!r}")
+    return value
+
+
+def _table(where: str, name: str, data: dict[str, Any], cls: type) -> Any:
+    """A dataclass from a TOML table, with unknown keys and wrong types as errors."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: [{name}] must be a table")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SpecError(f"{where}: [{name}] has unknown key {unknown[0]!r} (known: {', '.join(fields)})")
+    values = {}
+    for key, value in data.items():
+        kind = {"int": int, "bool": bool, "float": float, "int | None": int}[fields[key].type]
+        values[key] = _typed(where, f"{name}.{key}", value, kind, minimum=0 if kind is int else None)
+    return cls(**values)
+
+
+def validate(spec: StudySpec, where: str) -> None:
+    """Every rule a study must keep, each failure one line naming the key."""
+    if set(spec.space) != set(SEARCHED):
+        missing, extra = sorted(set(SEARCHED) - set(spec.space)), sorted(set(spec.space) - set(SEARCHED))
+        what = f"missing [space.{missing[0]}]" if missing else f"unknown [space.{extra[0]}]"
+        raise SpecError(f"{where}: {what}; the space searches exactly {', '.join(SEARCHED)}")
+    for name, p in spec.space.items():
+        if not (math.isfinite(p.low) and math.isfinite(p.high)) or p.low >= p.high:
+            raise SpecError(f"{where}: space.{name}: low must be below high, got low={p.low!r}, high={p.high!r}")
+        if p.log and p.low <= 0:
+            raise SpecError(f"{where}: space.{name}: a log scale needs low > 0, got {p.low!r}")
+    if spec.metric not in METRICS:
+        raise SpecError(f"{where}: objective.metric must be one of {', '.join(METRICS)}, got {spec.metric!r}")
+    for key, value, low in (("trials", spec.trials, 1), ("seed", spec.seed, 0), ("asha.horizon", spec.asha.horizon, 1),
+                            ("asha.grace_period", spec.asha.grace_period, 1),
+                            ("asha.reduction_factor", spec.asha.reduction_factor, 2),
+                            ("sampler.n_startup_trials", spec.sampler.n_startup_trials, 0),
+                            ("resources.trials_per_gpu", spec.resources.trials_per_gpu, 1),
+                            ("resources.cpus_per_trial", spec.resources.cpus_per_trial, 1),
+                            ("resources.max_failures", spec.resources.max_failures, 0)):
+        if value < low:
+            raise SpecError(f"{where}: {key} must be >= {low}, got {value!r}")
+    if spec.resources.gpus is not None and spec.resources.gpus < 0:
+        raise SpecError(f"{where}: resources.gpus must be >= 0, got {spec.resources.gpus!r}")
+    if spec.asha.grace_period > spec.asha.horizon:
+        raise SpecError(f"{where}: asha.grace_period ({spec.asha.grace_period}) must not exceed "
+                        f"asha.horizon ({spec.asha.horizon})")
+    for table in ("recipe", "trial", "final"):
+        overrides = getattr(spec, table)
+        searched = sorted(set(overrides) & set(SEARCHED))
+        if searched:
+            raise SpecError(f"{where}: [{table}] sets {searched[0]}, which the search chooses; "
+                            f"set its range in [space.{searched[0]}]")
+        if "epochs" in overrides and table != "final":
+            raise SpecError(f"{where}: [{table}] sets epochs; a trial's length is asha.horizon")
+        try:
+            RecipeConfig.from_dict({**spec.recipe, **overrides})
+        except RecipeError as e:
+            raise SpecError(f"{where}: [{table}] {e}") from None
+    seed = spec.seed_params()
+    if spec.trial_config(seed).val_size == 0:
+        raise SpecError(f"{where}: [trial] val_size must be > 0: trials score on a validation split, never on the test set")
+    if spec.final_config(seed).val_size != 0:
+        raise SpecError(f"{where}: [final] val_size must be 0: the final run trains on the whole training set")
+    for name, value in seed.items():
+        p = spec.space[name]
+        if not p.low <= value <= p.high:
+            raise SpecError(f"{where}: space.{name}: [{p.low}, {p.high}] must contain the seed recipe's {value}, "
+                            f"which is the study's first trial")
+
+
+def resolve_path(study: str) -> Path:
+    """A study name in studies/ or a path to a .toml file."""
+    path = Path(study)
+    if path.suffix == ".toml" or "/" in study:
+        return path
+    return STUDIES_DIR / f"{study}.toml"
+
+
+def load(study: str) -> StudySpec:
+    path = resolve_path(study)
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.toml")))
+        raise SpecError(f"{path}: no such study file (studies: {known}; or give a path to a .toml file)")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML ({e})") from None
+    where = str(path)
+    allowed = {"name", "seed", "trials", "objective", "space", "sampler", "asha", "resources", "recipe", "trial", "final"}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise SpecError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
+    objective = data.get("objective", {})
+    if not isinstance(objective, dict) or set(objective) - {"metric", "mode"}:
+        raise SpecError(f"{where}: [objective] takes metric (and mode, which must match it)")
+    metric = objective.get("metric", "eval_acc")
+    if "mode" in objective and METRICS.get(metric) != objective["mode"]:
+        raise SpecError(f"{where}: objective.mode for {metric} must be {METRICS.get(metric)!r}, got {objective['mode']!r}")
+    space_data = data.get("space", {})
+    if not isinstance(space_data, dict):
+        raise SpecError(f"{where}: [space] must hold one table per searched setting")
+    space = {name: _table(where, f"space.{name}", table, Param) for name, table in space_data.items()}
+    for name in ("recipe", "trial", "final"):
+        if not isinstance(data.get(name, {}), dict):
+            raise SpecError(f"{where}: [{name}] must be a table of recipe settings")
+    spec = StudySpec(
+        name=_typed(where, "name", data.get("name", path.stem), str),
+        space=space,
+        seed=_typed(where, "seed", data.get("seed", 0), int, 0),
+        trials=_typed(where, "trials", data.get("trials", 40), int, 1),
+        metric=metric,
+        sampler=_table(where, "sampler", data.get("sampler", {}), Sampler),
+        asha=_table(where, "asha", data.get("asha", {}), Asha),
+        resources=_table(where, "resources", data.get("resources", {}), Resources),
+        recipe=data.get("recipe", {}),
+        trial=data.get("trial", {}),
+        final=data.get("final", {}),
+    )
+    validate(spec, where)
+    return spec
+
+
+@dataclass(frozen=True)
+class StudyPaths:
+    """The results layout of one study: results/<study>/..."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, results_dir: str | Path, name: str) -> "StudyPaths":
+        return cls(Path(results_dir).resolve() / name)
+
+    @property
+    def spec(self) -> Path:  # the spec the study runs with, CLI overrides applied (JSON)
+        return self.root / "spec.json"
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.root / "optuna.db"
+
+    @property
+    def storage_url(self) -> str:
+        return f"sqlite:///{self.optuna_db}"
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.json"
+
+    @property
+    def trials_csv(self) -> Path:
+        return self.root / "trials.csv"
+
+    @property
+    def final(self) -> Path:  # a recipe run directory
+        return self.root / "final"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def tune(self) -> Path:  # Ray Tune's experiment of the search (unless --storage moves it)
+        return self.root / "tune"
+
+    def load_spec(self) -> StudySpec:
+        return StudySpec.from_dict(json.loads(self.spec.read_text()), str(self.spec))

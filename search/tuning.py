@@ -1,0 +1,189 @@
+"""The Ray side of a study: start or join Ray, search with Tune, run the final run under Tune."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from typing import TYPE_CHECKING, Any, Callable
+
+import optuna
+import pyarrow.fs
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+
+from recipe.checkpoint import write_json
+from recipe.config import RecipeError
+from search.live import FinalView, LiveView, settings
+from search.results import open_study, write_results
+from search.searcher import FailureReasons, StudySearcher, fail_running
+from search.study import SEARCHED, StudySpec
+from search.trainable import run_recipe
+
+if TYPE_CHECKING:  # run.py imports this module only after choosing Ray's mode
+    from search.run import Plan
+
+FINAL_RUN_DIR = "run"
+
+
+def start_ray(address: str | None) -> None:
+    if address:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    else:
+        # A private single-machine Ray: loopback only (run.py set Ray's local switch), no dashboard.
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
+
+
+def gpus_to_use(spec: StudySpec) -> int:
+    seen = int(ray.cluster_resources().get("GPU", 0))
+    asked = spec.resources.gpus
+    if asked is None:
+        return seen
+    if asked > seen:
+        raise RecipeError(f"--gpus {asked}: Ray sees {seen} GPU{'s' * (seen != 1)} in this "
+                          f"{'cluster' if ray.is_initialized() and len(ray.nodes()) > 1 else 'machine'}; "
+                          f"ask for at most {seen} (0 runs on CPU)")
+    return asked
+
+
+def resources(spec: StudySpec, gpus: int, final: bool = False) -> dict[str, float]:
+    gpu = (1.0 if final else 1.0 / spec.resources.trials_per_gpu) if gpus else 0.0
+    return {"cpu": spec.resources.cpus_per_trial, "gpu": gpu}
+
+
+def concurrency(spec: StudySpec, gpus: int) -> int:
+    if gpus:
+        return gpus * spec.resources.trials_per_gpu
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // spec.resources.cpus_per_trial)
+
+
+def base_config(config_dict: dict[str, Any], gpus: int) -> dict[str, Any]:
+    """A run's recipe without the searched settings (the trainable adds them), on the right device."""
+    return {k: v for k, v in config_dict.items() if k not in SEARCHED} | {"device": "cuda" if gpus else "cpu"}
+
+
+def search(p: Plan, gpus: int) -> None:
+    spec, paths = p.spec, p.paths
+    experiment = f"{p.storage}/tune"
+    trainable = tune.with_resources(
+        tune.with_parameters(run_recipe, base=base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus),
+                             threads=spec.resources.cpus_per_trial),
+        resources(spec, gpus),
+    )
+    if p.resume and tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        searcher = StudySearcher(spec, optuna.storages.RDBStorage(paths.storage_url))
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=ASHAScheduler(time_attr="epoch", metric=spec.metric, mode=spec.mode, max_t=spec.asha.horizon,
+                                        grace_period=spec.asha.grace_period,
+                                        reduction_factor=spec.asha.reduction_factor),
+                num_samples=spec.trials,
+                max_concurrent_trials=concurrency(spec, gpus),
+                reuse_actors=True,  # no new worker process (and torch import) per trial
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=p.storage,
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                callbacks=[FailureReasons(searcher), LiveView(searcher, spec)],
+                verbose=0,
+            ),
+        )
+    results = tuner.fit()
+    if results.num_terminated + results.num_errors < spec.trials:
+        raise KeyboardInterrupt  # Tune stopped early on a signal, with its state saved
+
+
+def final_run(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
+    """The full recipe with the best settings, under Tune for its crash retries."""
+    spec, paths = p.spec, p.paths
+    local = p.address is None
+    config = best["final_config"]
+    trainable = tune.with_resources(
+        tune.with_parameters(run_recipe, base=base_config(config, gpus), threads=spec.resources.cpus_per_trial,
+                             out_dir=str(paths.final) if local else None, final=True),
+        resources(spec, gpus, final=True),
+    )
+    experiment = f"{p.storage}/final-tune"
+    if tune.Tuner.can_restore(experiment):
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=dict(best["params"]),
+            tune_config=tune.TuneConfig(num_samples=1),
+            run_config=tune.RunConfig(
+                name="final-tune",
+                storage_path=p.storage,
+                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                # On a cluster the run may land on another node: its files travel with Tune's sync.
+                sync_config=tune.SyncConfig(sync_artifacts=not local),
+                callbacks=[FinalView(config["epochs"])],
+                verbose=0,
+            ),
+        )
+    print(f"final run: {config['epochs']} epochs with {settings(best['params'])} -> {paths.final}")
+    results = tuner.fit()
+    result = results[0]
+    if result.error is not None and result.metrics is None:
+        raise KeyboardInterrupt if results.num_terminated + results.num_errors == 0 else result.error
+    if not local:
+        fs, trial_path = result.filesystem, result.path
+        if paths.final.exists():
+            shutil.rmtree(paths.final)
+        pyarrow.fs.copy_files(f"{trial_path}/{FINAL_RUN_DIR}", str(paths.final), source_filesystem=fs)
+    summary_path = paths.final / "summary.json"
+    if result.error is not None:
+        raise RecipeError(f"the final run failed after {spec.resources.max_failures + 1} attempts: "
+                          f"{str(result.error).strip().splitlines()[-1]}")
+    return json.loads(summary_path.read_text())
+
+
+def write_report(p: Plan) -> None:
+    from search.report import write_report as write
+
+    print(f"report: {write(p.paths)}")
+
+
+def run(p: Plan, on_ray_started: Callable[[], None] = lambda: None) -> int:
+    spec, paths = p.spec, p.paths
+    start_ray(p.address)
+    on_ray_started()  # ray.init installs its own SIGTERM handler, which aborts the driver
+    try:
+        gpus = gpus_to_use(spec)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        if not p.resume:
+            write_json(paths.spec, spec.to_dict())
+        where = f"{gpus} GPU{'s' * (gpus != 1)}, {spec.resources.trials_per_gpu} trials each" if gpus else "CPU only"
+        print(f"study {spec.name!r}: {spec.trials} trials, horizon {spec.asha.horizon} epochs, ASHA rungs at "
+              f"{spec.rungs()}, {where}, up to {concurrency(spec, gpus)} at a time")
+        print(f"results: {paths.root}   live: optuna-dashboard {paths.storage_url}")
+        search(p, gpus)
+        study = open_study(paths, spec)
+        fail_running(study, "the search ended without a result for this trial")
+        best = write_results(paths, spec, study)
+        print(f"trials: {paths.trials_csv}")
+        if best is None:
+            print("no trial ran the whole horizon (all stopped or failed): no best trial, no final run", file=sys.stderr)
+            write_report(p)
+            return 1
+        print(f"best: trial {best['trial_id']}, {spec.metric} {best['value']:.4f}, {settings(best['params'])} "
+              f"-> {paths.best}")
+        write_report(p)
+        if not p.final:
+            return 0
+        summary = final_run(p, gpus, best)
+        write_report(p)
+        acc = summary.get("final_eval_acc")
+        print(f"final run {summary['status']}: test accuracy {100 * acc:.2f}% after {summary['epochs_run']} epochs"
+              if acc is not None and math.isfinite(acc) else f"final run {summary['status']}")
+        return 0 if summary["status"] == "completed" else 1
+    finally:
+        ray.shutdown()

@@ -1,0 +1,107 @@
+"""Stopping, crashing and resuming studies: nothing lost, nothing run twice."""
+import json
+import signal
+import subprocess
+import sys
+
+import optuna
+import psutil
+from optuna.trial import TrialState
+
+from conftest import REPO, process_tree, run_study
+
+
+def trials_so_far(db, name="smoke"):
+    """The trials of a study being written by another process; none before it exists."""
+    if not db.exists():
+        return []
+    try:
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
+    except KeyError:  # the file is there, the study not yet
+        return []
+
+
+def finished_trials(db):
+    return [t for t in trials_so_far(db) if t.state.is_finished()]
+
+
+def test_a_study_stopped_by_sigterm_resumes_with_no_lost_or_repeated_trial(tmp_path):
+    results = tmp_path / "results"
+    db = results / "smoke" / "optuna.db"
+    args = ["--study", "smoke", "--results-dir", str(results), "--trials", "5", "--no-final"]
+    sent = []
+
+    def stop_after_two(proc, out):
+        if not sent and len(finished_trials(db)) >= 2:
+            proc.send_signal(signal.SIGTERM)
+            sent.append(True)
+
+    first = run_study(args, watch=stop_after_two)
+    assert sent and first.returncode == 130, first.stderr[-2000:]
+    assert "--resume" in first.stderr
+    done_before = {t.number for t in finished_trials(db)}
+    assert 2 <= len(done_before) < 5
+
+    again = run_study(["--study", "smoke", "--results-dir", str(results), "--no-final"])
+    assert again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+    second = run_study(args[:-3] + ["--no-final", "--resume"])
+    assert second.returncode == 0, second.stderr[-2000:]
+    trials = optuna.load_study(study_name="smoke", storage=f"sqlite:///{db}").get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3, 4]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 5
+    for t in trials:
+        assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs"] + 1))
+    # Trials finished before the stop were not started again.
+    restarted = {n for n in range(5) if f"trial {n} started" in second.stdout}
+    assert not restarted & done_before
+    assert len((results / "smoke" / "trials.csv").read_text().strip().splitlines()) == 1 + 5
+
+
+def worker_running_a_trial(proc):
+    for p in process_tree(proc.pid):
+        try:
+            if "ImplicitFunc" in " ".join(p.cmdline()) or p.name().startswith("ray::ImplicitFunc"):
+                return p
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_a_trial_whose_worker_is_killed_continues_from_its_last_checkpoint(tmp_path):
+    results = tmp_path / "results"
+    db = results / "smoke" / "optuna.db"
+    killed = []
+
+    def kill_after_first_epoch(proc, out):
+        if killed:
+            return
+        running = [t for t in trials_so_far(db) if t.state == TrialState.RUNNING and t.intermediate_values]
+        worker = worker_running_a_trial(proc)
+        if running and worker is not None:
+            worker.kill()
+            killed.append(running[0].number)
+
+    run = run_study(["--study", "smoke", "--results-dir", str(results), "--trials", "1", "--no-final"],
+                    watch=kill_after_first_epoch)
+    assert killed and run.returncode == 0, run.stderr[-2000:]
+    assert "crashed; retrying from its last checkpoint" in run.stdout
+    trial = optuna.load_study(study_name="smoke", storage=f"sqlite:///{db}").trials[0]
+    assert trial.state == TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
+    # Tune's own record of the trial: epochs continue after the crash instead of starting over.
+    (result_file,) = (results / "smoke" / "tune").glob("*/result.json")
+    epochs = [json.loads(line)["epoch"] for line in result_file.read_text().splitlines()]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 4
+
+
+def test_asking_for_more_gpus_than_ray_sees_is_one_clear_line(tmp_path):
+    results = tmp_path / "results"
+    run = subprocess.run([sys.executable, "-m", "search.run", "--study", "smoke", "--results-dir", str(results),
+                          "--gpus", "3"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         stdin=subprocess.DEVNULL)
+    assert run.returncode == 2
+    assert run.stderr.strip().splitlines() == [
+        "error: --gpus 3: Ray sees 0 GPUs in this machine; ask for at most 0 (0 runs on CPU)"]
+    assert not (results / "smoke" / "optuna.db").exists()

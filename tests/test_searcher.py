@@ -1,0 +1,110 @@
+"""The searcher's bookkeeping, driven the way Tune drives it, read back from the SQLite study."""
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import study as studies
+from search.searcher import FailureReasons, StudySearcher, fail_running
+
+
+@pytest.fixture
+def setup(tmp_path):
+    spec = studies.load("smoke")  # horizon 4
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = StudySearcher(spec, optuna.storages.RDBStorage(url))
+    reopen = lambda: optuna.load_study(study_name=spec.name, storage=url)  # noqa: E731
+    return spec, searcher, reopen
+
+
+def run_epochs(searcher, trial_id, values, last_via_complete=True, **final):
+    """Tune's calls: on_trial_result for each epoch but the one a scheduler stops on."""
+    results = [{"epoch": e, "eval_acc": v, "status": "running"} for e, v in enumerate(values, 1)]
+    for r in results[:-1] if last_via_complete else results:
+        searcher.on_trial_result(trial_id, r)
+    searcher.on_trial_complete(trial_id, result={**results[-1], **final})
+
+
+def test_the_seed_recipe_is_the_first_trial(setup):
+    spec, searcher, reopen = setup
+    assert searcher.suggest("t0") == spec.seed_params()
+    assert reopen().trials[0].params == spec.seed_params()
+    assert searcher.suggest("t1") != spec.seed_params()
+
+
+def test_a_trial_that_ran_the_horizon_is_complete_with_every_epoch_recorded(setup):
+    _, searcher, reopen = setup
+    searcher.suggest("t0")
+    run_epochs(searcher, "t0", [0.1, 0.2, 0.3, 0.4])
+    t = reopen().trials[0]
+    assert t.state == TrialState.COMPLETE and t.value == 0.4
+    assert t.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
+    assert t.user_attrs["epochs"] == 4 and t.user_attrs["ray_trial_id"] == "t0"
+
+
+def test_a_trial_stopped_at_a_rung_is_pruned_with_its_stopping_epoch_recorded(setup):
+    _, searcher, reopen = setup
+    searcher.suggest("t0")
+    run_epochs(searcher, "t0", [0.05, 0.07])
+    t = reopen().trials[0]
+    assert t.state == TrialState.PRUNED
+    assert t.intermediate_values == {1: 0.05, 2: 0.07}  # Ray's OptunaSearch drops epoch 2
+    assert t.value == 0.07 and t.user_attrs["epochs"] == 2
+
+
+def test_a_diverged_trial_fails_with_its_reason(setup):
+    _, searcher, reopen = setup
+    searcher.suggest("t0")
+    run_epochs(searcher, "t0", [0.02, float("nan")], status="diverged")
+    t = reopen().trials[0]
+    assert t.state == TrialState.FAIL
+    assert "diverged" in t.user_attrs["reason"] and "epoch 2" in t.user_attrs["reason"]
+    assert t.intermediate_values == {1: 0.02}
+
+
+def test_a_crashed_trial_fails_with_the_error_as_its_reason(setup):
+    _, searcher, reopen = setup
+    searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"epoch": 1, "eval_acc": 0.1})
+    # Tune tells the searcher first, then the callbacks, which carry the error.
+    searcher.on_trial_complete("t0", error=True)
+    assert reopen().trials[0].state == TrialState.RUNNING
+    error = RuntimeError("Traceback ...\n  File x\ntorch.OutOfMemoryError: CUDA out of memory")
+    FailureReasons(searcher).on_trial_error(0, [], SimpleNamespace(trial_id="t0", get_error=lambda: error,
+                                                                   num_failures=3))
+    t = reopen().trials[0]
+    assert t.state == TrialState.FAIL
+    assert t.user_attrs["reason"] == "torch.OutOfMemoryError: CUDA out of memory (after 3 attempts)"
+    assert t.intermediate_values == {1: 0.1}
+
+
+def test_a_second_completion_after_a_restore_changes_nothing(setup):
+    _, searcher, reopen = setup
+    searcher.suggest("t0")
+    run_epochs(searcher, "t0", [0.1, 0.2, 0.3, 0.4])
+    searcher.on_trial_complete("t0", result={"epoch": 4, "eval_acc": 0.9})
+    assert reopen().trials[0].value == 0.4
+
+
+def test_a_restored_searcher_fails_trials_that_tune_never_recorded(setup, tmp_path):
+    _, searcher, reopen = setup
+    searcher.suggest("t0")
+    searcher.save(str(tmp_path / "state.pkl"))  # Tune's periodic save
+    searcher.suggest("t1")  # asked after the save: the driver then dies
+    searcher.restore(str(tmp_path / "state.pkl"))
+    trials = reopen().trials
+    assert trials[0].state == TrialState.RUNNING  # Tune resumes it
+    assert trials[1].state == TrialState.FAIL and "never ran" in trials[1].user_attrs["reason"]
+    run_epochs(searcher, "t0", [0.1, 0.2, 0.3, 0.4])
+    assert reopen().trials[0].state == TrialState.COMPLETE
+
+
+def test_trials_left_running_at_the_end_are_failed_with_a_reason(setup):
+    _, searcher, reopen = setup
+    searcher.suggest("t0")
+    searcher.suggest("t1")
+    run_epochs(searcher, "t1", [0.1, 0.2, 0.3, 0.4])
+    assert fail_running(reopen(), "lost") == [0]
+    states = [t.state for t in reopen().trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE]

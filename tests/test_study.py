@@ -1,0 +1,87 @@
+import dataclasses
+
+import pytest
+
+from search import study as studies
+from search.study import SpecError
+
+SMOKE = (studies.STUDIES_DIR / "smoke.toml").read_text()
+
+
+def write(tmp_path, text, name="s.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_default_study_is_the_mission_study():
+    spec = studies.load("default")
+    assert spec.trials == 40 and spec.metric == "eval_acc" and spec.mode == "max"
+    assert spec.asha.horizon == 50 and spec.rungs() == [5, 15, 45]
+    assert spec.final_config(spec.seed_params()).epochs == 250
+    trial = spec.trial_config(spec.seed_params())
+    assert trial.epochs == 50 and trial.val_size == 5000 and trial.width == 64
+    assert spec.seed_params() == {"lr": 0.1, "weight_decay": 5e-4, "dropout": 0.2, "label_smoothing": 0.1}
+
+
+def test_a_study_is_found_by_name_or_by_path(tmp_path):
+    assert studies.load("smoke").name == "smoke"
+    assert studies.load(write(tmp_path, SMOKE, "mine.toml")).name == "mine"
+
+
+def test_trial_and_final_configs_take_their_own_overrides():
+    spec = studies.load("smoke")
+    params = {"lr": 0.3, "weight_decay": 1e-4, "dropout": 0.1, "label_smoothing": 0.0}
+    trial, final = spec.trial_config(params), spec.final_config(params)
+    assert (trial.lr, trial.epochs, trial.val_size, trial.subset) == (0.3, 4, 300, 1000)
+    assert (final.lr, final.epochs, final.val_size, final.subset) == (0.3, 4, 0, 1500)
+    assert trial.width == final.width == 8 and trial.seed == final.seed == spec.seed
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("[asha]", "[asha]\nbogus = 1"), r"\[asha\] has unknown key 'bogus'"),
+        (("seed = 0", "seed = 0\ncolour = 'red'"), "unknown key 'colour'"),
+        (("low = 0.02\nhigh = 0.8", "low = 0.8\nhigh = 0.02"), "space.lr: low must be below high"),
+        (("low = 0.02\nhigh = 0.8", "low = 0.0\nhigh = 0.8"), "space.lr: a log scale needs low > 0"),
+        (("low = 1e-5\nhigh = 5e-3", "low = 1e-3\nhigh = 5e-3"), r"space.weight_decay: \[0.001, 0.005\] must contain"),
+        (("[space.dropout]", "[space.momentum]"), "missing \\[space.dropout\\]"),
+        (("metric = \"eval_acc\"", "metric = \"test_acc\""), "objective.metric must be one of"),
+        (("val_size = 300", "val_size = 0"), r"\[trial\] val_size must be > 0"),
+        (("width = 8", "width = 8\nlr = 0.2"), r"\[recipe\] sets lr, which the search chooses"),
+        (("width = 8", "width = -8"), r"\[recipe\] width: must be >= 1"),
+        (("[trial]", "[trial]\nepochs = 3"), r"\[trial\] sets epochs"),
+        (("horizon = 4", "horizon = \"four\""), "asha.horizon must be int"),
+        (("grace_period = 1", "grace_period = 9"), "grace_period .9. must not exceed asha.horizon"),
+        (("trials = 8", "trials = 0"), "trials must be >= 1"),
+    ],
+)
+def test_a_bad_study_file_is_one_clear_error(tmp_path, edit, message):
+    old, new = edit
+    assert old in SMOKE
+    with pytest.raises(SpecError, match=message):
+        studies.load(write(tmp_path, SMOKE.replace(old, new, 1)))
+
+
+def test_missing_study_names_the_known_ones(tmp_path):
+    with pytest.raises(SpecError, match="no such study file.*smoke"):
+        studies.load("nope")
+
+
+def test_invalid_toml_is_an_error(tmp_path):
+    with pytest.raises(SpecError, match="not valid TOML"):
+        studies.load(write(tmp_path, "trials = = 3"))
+
+
+def test_a_spec_round_trips_through_its_saved_form(tmp_path):
+    spec = studies.load("default")
+    assert studies.StudySpec.from_dict(spec.to_dict()) == spec
+
+
+def test_replacing_settings_revalidates():
+    spec = studies.load("smoke")
+    with pytest.raises(SpecError, match="trials must be >= 1"):
+        spec.replace(trials=0)
+    with pytest.raises(SpecError, match="resources.trials_per_gpu must be >= 1"):
+        spec.replace(resources=dataclasses.replace(spec.resources, trials_per_gpu=0))
