@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import os
 import signal
@@ -42,6 +43,17 @@ class Plan:
     storage: str  # where Ray Tune keeps its experiments: <storage>/<study>/tune and .../final-tune
     address: str | None
     final: bool
+
+    @property
+    def on_loopback(self) -> bool:
+        """A private Ray, or a cluster whose head is on this machine's loopback: one machine."""
+        if self.address is None:
+            return True
+        host = self.address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return host == "localhost"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -138,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         p = plan(args)
     except RecipeError as e:
         fail(str(e))
-    if p.address is None:
+    if p.on_loopback:
         os.environ[LOCAL_RAY] = "0"  # read when ray is first imported, below
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: none of Tune's tables; live.py reports
     warnings.filterwarnings("ignore", module=r"(ray|optuna)(\..*)?$")

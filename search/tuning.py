@@ -27,12 +27,13 @@ if TYPE_CHECKING:  # run.py imports this module only after choosing Ray's mode
 FINAL_RUN_DIR = "run"
 
 
-def start_ray(address: str | None) -> None:
-    if address:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+def start_ray(p: Plan) -> None:
+    # On one machine, loopback only (run.py set Ray's local switch too); a private Ray has no dashboard.
+    node_ip = {"_node_ip_address": "127.0.0.1"} if p.on_loopback else {}
+    if p.address:
+        ray.init(address=p.address, log_to_driver=False, logging_level="ERROR", **node_ip)
     else:
-        # A private single-machine Ray: loopback only (run.py set Ray's local switch), no dashboard.
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", _node_ip_address="127.0.0.1")
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", **node_ip)
 
 
 def gpus_to_use(spec: StudySpec) -> int:
@@ -154,7 +155,7 @@ def write_report(p: Plan) -> None:
 
 def run(p: Plan, on_ray_started: Callable[[], None] = lambda: None) -> int:
     spec, paths = p.spec, p.paths
-    start_ray(p.address)
+    start_ray(p)
     on_ray_started()  # ray.init installs its own SIGTERM handler, which aborts the driver
     try:
         gpus = gpus_to_use(spec)

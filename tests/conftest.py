@@ -92,17 +92,18 @@ def listening_sockets(pid: int) -> set:
     return found
 
 
-def start_study(args: list[str], isolated: bool) -> subprocess.Popen:
+def start_study(args: list[str], isolated: bool, env: dict | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "search.run", *args]
     if isolated:
         command = ["unshare", "-n", "sh", "-c", NETNS_SETUP + ' && exec "$0" "$@"', *command]
     return subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL, env=None if env is None else {**os.environ, **env})
 
 
-def run_study(args: list[str], *, isolated: bool = False, timeout: float = 900, watch=None) -> StudyRun:
-    """Run a study to its end, sampling its listening sockets; watch(proc) may act on it meanwhile."""
-    proc = start_study(args, isolated)
+def run_study(args: list[str], *, isolated: bool = False, timeout: float = 900, watch=None,
+              env: dict | None = None) -> StudyRun:
+    """Run a study to its end, sampling its listening sockets; watch(proc, stdout) may act meanwhile."""
+    proc = start_study(args, isolated, env)
     listening: set = set()
     out: list[str] = []
     err: list[str] = []
@@ -131,9 +132,28 @@ def run_study(args: list[str], *, isolated: bool = False, timeout: float = 900, 
 
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory):
-    """The smoke study, run once as the README runs it, in an isolated network where possible."""
+    """The smoke study, run once as the README runs it, in an isolated network where possible.
+
+    While it runs, once a trial has finished and others run, `python -m search.report` is run
+    on it as a user would, and that report is kept as run.report_while_running.
+    """
     results = tmp_path_factory.mktemp("results")
-    run = run_study(["--study", "smoke", "--results-dir", str(results)], isolated=isolated_network_available())
-    run.results = results
-    run.root = results / "smoke"
+    root = results / "smoke"
+    kept = tmp_path_factory.mktemp("mid") / "report.html"
+    state: dict = {}
+
+    def report_midway(proc, out):
+        if "report" in state or not (" complete: " in out or " pruned: " in out):
+            return
+        state["report"] = subprocess.run(
+            [sys.executable, "-m", "search.report", "--study", "smoke", "--results-dir", str(results)],
+            cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+        if (root / "report.html").exists():
+            shutil.copyfile(root / "report.html", kept)
+
+    run = run_study(["--study", "smoke", "--results-dir", str(results)], isolated=isolated_network_available(),
+                    watch=report_midway)
+    run.results, run.root = results, root
+    run.report_midway = state.get("report")
+    run.report_while_running = kept
     return run

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
@@ -210,6 +212,15 @@ def browser_missing() -> str | None:
     if not CHROMIUM.is_file():
         return f"{CHROMIUM} is missing (apt-get install -y chromium)"
     return None
+
+
+def require_browser() -> None:
+    """Skips where Chromium or playwright is missing, unless CIFAR100_HPO_REQUIRE_BROWSER=1 (CI) makes it fail."""
+    why = browser_missing()
+    if why:
+        if os.environ.get("CIFAR100_HPO_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"CIFAR100_HPO_REQUIRE_BROWSER=1 but {why}")
+        pytest.skip(why)
 
 
 def _open(playwright, html_path: Path, width: int = 1280):

@@ -12,8 +12,8 @@ from pathlib import Path
 import plotly.offline
 import pytest
 
-from report_fixture import (FINISHED, NO_COMPLETE, RUNNING, SMALL, FakeTrial, browser_missing,
-                            check_report_in_browser, make_study)
+from report_fixture import (FINISHED, NO_COMPLETE, RUNNING, SMALL, FakeTrial, check_report_in_browser, make_study,
+                            require_browser)
 from search import report
 from search.study import StudyPaths
 
@@ -265,15 +265,6 @@ def test_python_m_search_report_exits_2_on_an_unknown_study(tmp_path):
 
 
 # ---- in a browser -------------------------------------------------------------------------------
-
-def require_browser() -> None:
-    """Skips where Chromium or playwright is missing, unless CIFAR100_HPO_REQUIRE_BROWSER=1 (CI) makes it fail."""
-    why = browser_missing()
-    if why:
-        if os.environ.get("CIFAR100_HPO_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"CIFAR100_HPO_REQUIRE_BROWSER=1 but {why}")
-        pytest.skip(why)
-
 
 @pytest.fixture(scope="module")
 def finished_in_browser(finished):

@@ -8,6 +8,7 @@ import pytest
 from optuna.trial import TrialState
 
 from recipe.train import main as train_main
+from report_fixture import check_report_in_browser, require_browser
 from search import study as studies
 
 SPEC = studies.load("smoke")
@@ -123,3 +124,25 @@ def test_the_live_view_is_compact_and_free_of_ray_noise(smoke_study):
     assert "final epoch 4/4" in out
     for noise in ("Configuration for experiment", "View detailed results", "Trial status", "TensorBoard"):
         assert noise not in out + smoke_study.stderr
+
+
+def test_the_smoke_study_report_renders_fully_in_a_browser(smoke_study):
+    require_browser()
+    found = check_report_in_browser(smoke_study.root / "report.html")
+    assert found["errors"] == [] and found["requests"] == []
+    ids = [f["id"] for f in found["figures"]]
+    assert {"fig-history", "fig-curves", "fig-parallel", "fig-slice", "fig-final"} <= set(ids)
+    assert all(f["svg"] >= 1 and f["drawn"] >= 1 for f in found["figures"]), found["figures"]
+    # Importances need five complete trials; where there are fewer the page says so instead.
+    complete = sum(t.state == TrialState.COMPLETE for t in optuna_trials(smoke_study))
+    assert ("fig-importances" in ids) == (complete >= 5)
+    assert ("importances-missing" in found["missing"]) == (complete < 5)
+    assert found["trials"] == [str(n) for n in range(SPEC.trials)]
+
+
+def test_the_report_can_be_written_while_the_study_runs(smoke_study):
+    midway = smoke_study.report_midway
+    assert midway is not None and midway.returncode == 0, midway and midway.stderr
+    page = smoke_study.report_while_running.read_text()
+    assert "running" in page and "final run not started" in page
+    assert f"of {SPEC.trials} planned" in page
