@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -97,6 +99,16 @@ def run(config: RecipeConfig, steps: int, warmup: int) -> dict:
     }
 
 
+def writable(path: Path) -> bool:
+    """Whether a file could be created at path: its nearest existing ancestor is a writable directory."""
+    if path.is_dir():
+        return False
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK)
+
+
 def table(report: dict) -> str:
     lines = [
         f"ResNet34 width {report['width']}, batch {report['batch_size']}, {report['device']}, torch {report['torch']}, "
@@ -122,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         cuda = resolve_device(config).type == "cuda"
     except RecipeError as e:
         fail(str(e))
+    if args.json and not writable(Path(args.json)):
+        fail(f"--json {args.json}: cannot write there")
     steps = args.steps if args.steps is not None else (100 if cuda else 10)
     warmup = args.warmup if args.warmup is not None else (20 if cuda else 2)
     if steps < 1 or warmup < 0:
@@ -130,7 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(report))
     print(json.dumps(report))
     if args.json:
-        write_json(args.json, report)
+        try:
+            write_json(args.json, report)
+        except OSError as e:
+            fail(f"--json {args.json}: cannot write there ({e.strerror or e})")
     return 0
 
 

@@ -113,12 +113,18 @@ def cifar100_present(data_dir: str | Path) -> bool:
 
 
 def load_torchvision(data_dir: str | Path, download: bool) -> tuple[Arrays, Arrays]:
+    from filelock import FileLock  # a dependency of torch
     from torchvision.datasets import CIFAR100
 
     out = []
     for train in (True, False):
         try:
-            ds = CIFAR100(root=str(data_dir), train=train, download=download)
+            if download:  # runs of a study may start together: one downloads, the others wait
+                Path(data_dir).mkdir(parents=True, exist_ok=True)
+                with FileLock(str(Path(data_dir) / ".cifar100.lock")):
+                    ds = CIFAR100(root=str(data_dir), train=train, download=True)
+            else:
+                ds = CIFAR100(root=str(data_dir), train=train, download=False)
         except RuntimeError:
             raise DataError(
                 f"CIFAR-100 not found in {data_dir}/ (cifar-100-python/): add --download to fetch it "

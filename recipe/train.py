@@ -140,6 +140,8 @@ def train(
     device = resolve_device(config)
     state = None
     if resume:
+        if not last_path.exists():
+            raise RunDirError(f"{out}: nothing to resume (no checkpoints/last.pt); start the run without --resume")
         state = checkpoint.load(last_path, map_location=device)
         check_resumable(state, config, last_path)
     elif last_path.exists():
@@ -254,8 +256,8 @@ def train(
                 "images_per_s": result.images / t_train,
             }
             history.append(row)
-            write_metrics_csv(out / "metrics.csv", history)
             if result.diverged:
+                write_metrics_csv(out / "metrics.csv", history)
                 status = "diverged"
                 if log:
                     log(f"epoch {epoch}: the training loss is not finite; the run diverged and stops here")
@@ -282,6 +284,9 @@ def train(
                 "best_epoch": best_epoch,
                 "wall_time_s": wall(),
             })
+            # After the checkpoint, which holds the history too: an interruption between the two
+            # leaves metrics.csv an epoch behind, and a resume rewrites it.
+            write_metrics_csv(out / "metrics.csv", history)
             status = "completed" if epoch == config.epochs else "running"
             checkpoint.write_json(out / "summary.json", summary(status, wall()))
             if log:
@@ -385,8 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python -m recipe.train --out {out} --resume"
-              + (" (and the same settings)" if not args.from_study else ""), file=sys.stderr)
+        if (out / "checkpoints" / "last.pt").exists():
+            print(f"\ninterrupted; continue with: python -m recipe.train --out {out} --resume"
+                  + (" (and the same settings)" if not args.from_study else ""), file=sys.stderr)
+        else:
+            print("\ninterrupted; no epoch had ended, so there is nothing to resume: run the same command again",
+                  file=sys.stderr)
         return 130
     best = summary["best_eval_acc"]
     print(

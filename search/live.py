@@ -33,6 +33,12 @@ class LiveView(Callback):
         self.last_status = 0.0
         self.status_shown = False
 
+    def setup(self, **info: Any) -> None:
+        # A resumed study starts from what its restored searcher has already told Optuna.
+        tally = self.searcher.tally()
+        self.counts = {"complete": tally["complete"], "pruned": tally["pruned"], "failed": tally["fail"]}
+        self.best = self.searcher.best_so_far()
+
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment
         state = self.__dict__.copy()
         state["stream"] = None

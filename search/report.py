@@ -501,7 +501,7 @@ def build_report(paths: StudyPaths) -> str:
     study = open_study(paths, spec)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number) if study is not None else []
     objective = Objective(spec.metric, spec.mode)
-    best = best_trial(study, spec) if study is not None else None
+    best = best_trial(study, spec.mode) if study is not None else None
     final = load_final(paths)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     n_complete = len(complete)

@@ -41,14 +41,14 @@ def trials_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def best_trial(study: optuna.Study, spec: StudySpec) -> FrozenTrial | None:
+def best_trial(study: optuna.Study, mode: str) -> FrozenTrial | None:
     """The best trial among those that ran the whole horizon (COMPLETE); None if there is none."""
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return None
-    pick = max if spec.mode == "max" else min
+    sign = 1 if mode == "max" else -1
     # Ties go to the earlier trial, so the seed recipe wins a tie.
-    return pick(complete, key=lambda t: (t.value, -t.number) if spec.mode == "max" else (t.value, t.number))
+    return max(complete, key=lambda t: (sign * t.value, -t.number))
 
 
 def best_record(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
@@ -68,7 +68,7 @@ def best_record(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
 def write_results(paths: StudyPaths, spec: StudySpec, study: optuna.Study) -> dict[str, Any] | None:
     """Write trials.csv and, if any trial ran the whole horizon, best.json; return the best record."""
     write_text(paths.trials_csv, trials_frame(study, spec).to_csv(index=False))
-    trial = best_trial(study, spec)
+    trial = best_trial(study, spec.mode)
     if trial is None:
         return None
     record = best_record(spec, trial)

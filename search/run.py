@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+MINIMUMS = {"trials": 1, "gpus": 0, "trials_per_gpu": 1, "cpus_per_trial": 1}
+
+
 def with_overrides(spec: StudySpec, args: argparse.Namespace) -> StudySpec:
     resources = {k: getattr(args, k) for k in RESOURCE_FLAGS if getattr(args, k) is not None}
     data = given_settings(args, DATA_FLAGS)
@@ -92,18 +96,30 @@ def with_overrides(spec: StudySpec, args: argparse.Namespace) -> StudySpec:
     return spec.replace(**changes)
 
 
+STATES = {
+    "finished": "has finished; its report is {report}",
+    "searched": "has finished its search but not its final run; add --resume to run it",
+    "interrupted": "was interrupted; add --resume to continue it",
+}
+
+
 def study_state(paths: StudyPaths) -> str:
-    """'new', 'finished' (search and final run done) or 'unfinished'."""
+    """'new', 'finished' (search and final run), 'searched' (no final run yet) or 'interrupted'."""
     if not paths.spec.exists():
         return "new"
+    if not paths.best.exists():
+        return "interrupted"
     summary = paths.final / "summary.json"
-    if paths.best.exists() and summary.exists() and '"status": "completed"' in summary.read_text():
-        return "finished"
-    return "unfinished"
+    finished = summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
+    return "finished" if finished else "searched"
 
 
 def plan(args: argparse.Namespace) -> Plan:
     """Everything decided before Ray starts; bad input raises RecipeError and nothing is written."""
+    for name, low in MINIMUMS.items():
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise RecipeError(f"--{name.replace('_', '-')}: must be >= {low}, got {value}")
     spec = studies.load(args.study)
     paths = StudyPaths.of(args.results_dir, spec.name)
     state = study_state(paths)
@@ -111,15 +127,14 @@ def plan(args: argparse.Namespace) -> Plan:
     if state == "new" and resume:
         raise RecipeError(f"{paths.root}: nothing to resume (no study {spec.name!r} there)")
     if state != "new" and not resume:
-        what = "has finished" if state == "finished" else "was interrupted"
-        if sys.stdin.isatty() and state == "unfinished":
-            answer = input(f"Study {spec.name!r} in {paths.root} {what}. Resume it? [Y/n] ").strip().lower()
-            if answer not in ("", "y", "yes"):
+        what = STATES[state].format(report=paths.report)
+        if sys.stdin.isatty() and state != "finished":
+            answer = input(f"Study {spec.name!r} in {paths.root} {what.split(';')[0]}. Resume it? [Y/n] ")
+            if answer.strip().lower() not in ("", "y", "yes"):
                 raise RecipeError(f"{paths.root}: not resumed; remove it, or pass another --results-dir, to start over")
             resume = True
         else:
-            hint = ("its report is " + str(paths.report)) if state == "finished" else "add --resume to continue it"
-            raise RecipeError(f"{paths.root}: study {spec.name!r} {what}; {hint}, or remove the directory to start over")
+            raise RecipeError(f"{paths.root}: study {spec.name!r} {what}, or remove the directory to start over")
     if resume:
         changed = [f for f in ("trials", *DATA_FLAGS) if getattr(args, f) is not None]
         if changed:
@@ -164,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: python -m search.run --study {p.spec.name} --resume", file=sys.stderr)
+        where = "" if args.results_dir == "results" else f" --results-dir {args.results_dir}"
+        print(f"\ninterrupted; continue with: python -m search.run --study {args.study}{where} --resume", file=sys.stderr)
         return INTERRUPTED
 
 

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from search.results import best_trial
 from search.study import StudySpec
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,18 @@ class StudySearcher(OptunaSearch):
 
     def failure_reason(self, trial_id: str) -> str | None:
         return self._final_states.get(trial_id, (None, None))[1]
+
+    def tally(self) -> dict[str, int]:
+        """Trials told so far, by state."""
+        counts = {"complete": 0, "pruned": 0, "fail": 0}
+        for state, _ in self._final_states.values():
+            counts[state] += 1
+        return counts
+
+    def best_so_far(self) -> tuple[float, int] | None:
+        """(value, trial number) of the best complete trial so far, if any."""
+        best = best_trial(self._ot_study, self.mode)
+        return (best.value, best.number) if best is not None else None
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)

@@ -20,6 +20,7 @@ from recipe.config import RecipeConfig
 from recipe.train import train
 
 CHECKPOINT_FILE = "last.pt"
+RUN_DIR = "run"  # a trial's run directory, inside its Tune working directory
 
 
 def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, out_dir: str | None = None,
@@ -27,7 +28,7 @@ def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, 
     """Train `base` with the sampled `params`, reporting each epoch's metrics and checkpoint."""
     torch.set_num_threads(threads)
     config = RecipeConfig.from_dict({**base, **params})
-    run_dir = Path(out_dir) if out_dir else Path.cwd() / "run"
+    run_dir = Path(out_dir) if out_dir else Path.cwd() / RUN_DIR
     last = run_dir / "checkpoints" / CHECKPOINT_FILE
     resume = last.is_file()
     if not resume:

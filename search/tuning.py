@@ -19,12 +19,11 @@ from search.live import FinalView, LiveView, settings
 from search.results import open_study, write_results
 from search.searcher import FailureReasons, StudySearcher, fail_running
 from search.study import SEARCHED, StudySpec
-from search.trainable import run_recipe
+from search.trainable import RUN_DIR, run_recipe
 
 if TYPE_CHECKING:  # run.py imports this module only after choosing Ray's mode
     from search.run import Plan
 
-FINAL_RUN_DIR = "run"
 
 
 def start_ray(p: Plan) -> None:
@@ -74,6 +73,9 @@ def search(p: Plan, gpus: int) -> None:
     )
     if p.resume and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    elif p.resume and paths.optuna_db.exists() and open_study(paths, spec).trials:
+        raise RecipeError(f"{experiment}: Ray Tune's state of this study is missing, so it cannot be resumed; "
+                          f"remove {paths.root} to start over")
     else:
         searcher = StudySearcher(spec, optuna.storages.RDBStorage(paths.storage_url))
         tuner = tune.Tuner(
@@ -132,19 +134,17 @@ def final_run(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
         )
     print(f"final run: {config['epochs']} epochs with {settings(best['params'])} -> {paths.final}")
     results = tuner.fit()
+    if results.num_terminated + results.num_errors == 0:
+        raise KeyboardInterrupt  # stopped on a signal, its state saved
     result = results[0]
-    if result.error is not None and result.metrics is None:
-        raise KeyboardInterrupt if results.num_terminated + results.num_errors == 0 else result.error
-    if not local:
-        fs, trial_path = result.filesystem, result.path
-        if paths.final.exists():
-            shutil.rmtree(paths.final)
-        pyarrow.fs.copy_files(f"{trial_path}/{FINAL_RUN_DIR}", str(paths.final), source_filesystem=fs)
-    summary_path = paths.final / "summary.json"
     if result.error is not None:
         raise RecipeError(f"the final run failed after {spec.resources.max_failures + 1} attempts: "
                           f"{str(result.error).strip().splitlines()[-1]}")
-    return json.loads(summary_path.read_text())
+    if not local:
+        if paths.final.exists():
+            shutil.rmtree(paths.final)
+        pyarrow.fs.copy_files(f"{result.path}/{RUN_DIR}", str(paths.final), source_filesystem=result.filesystem)
+    return json.loads((paths.final / "summary.json").read_text())
 
 
 def write_report(p: Plan) -> None:

@@ -107,8 +107,6 @@ def test_python_m_recipe_bench_bad_input_is_one_line_and_exit_2(tmp_path):
     assert proc.stdout == ""
 
 
-@pytest.mark.xfail(strict=True, reason="recipe/bench.py main() checks --json only after benchmarking: an unwritable "
-                                       "path ends in a FileExistsError traceback from checkpoint.atomic_write, exit 1")
 def test_bench_json_into_an_unwritable_path_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "a-file").write_text("not a directory\n")
     target = tmp_path / "a-file" / "bench.json"
