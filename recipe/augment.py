@@ -48,7 +48,10 @@ def crop_flip(x: torch.Tensor) -> torch.Tensor:
 
 
 def erase(x: torch.Tensor, p: float) -> torch.Tensor:
-    """Random erasing of float (B, C, H, W) images with torchvision's semantics, filled with 0."""
+    """Random erasing of float (B, C, H, W) images with torchvision's semantics, filled with 0.
+
+    In place (which also keeps x's memory format, channels_last from normalize()); returns x.
+    """
     b, _, h_img, w_img = x.shape
     dev = x.device
     area = h_img * w_img * torch.empty(b, ERASE_TRIES, device=dev).uniform_(*ERASE_SCALE)
@@ -67,7 +70,7 @@ def erase(x: torch.Tensor, p: float) -> torch.Tensor:
     in_rows = (r >= top) & (r < top + h)  # (B, H)
     in_cols = (c >= left) & (c < left + w)  # (B, W)
     mask = (in_rows.unsqueeze(2) & in_cols.unsqueeze(1)) & apply.view(b, 1, 1)
-    return x.masked_fill(mask.unsqueeze(1), 0.0)
+    return x.masked_fill_(mask.unsqueeze(1), 0.0)
 
 
 def train_batch(x_uint8_nhwc: torch.Tensor, erasing_p: float) -> torch.Tensor:

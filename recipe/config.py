@@ -18,6 +18,8 @@ from typing import Any
 CIFAR100_MEAN = (0.5071, 0.4865, 0.4409)
 CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 NUM_CLASSES = 100
+# The settings a study searches; every other setting is fixed by the recipe or the study.
+SEARCHED = ("lr", "weight_decay", "dropout", "label_smoothing")
 
 PIPELINES = ("fast", "classic")
 DEVICES = ("auto", "cpu", "cuda")
@@ -155,6 +157,3 @@ class RecipeConfig:
 # the run goes, not what it computes.
 RESUME_MAY_DIFFER = frozenset({"device", "data_dir", "download", "workers", "compile"})
 
-
-def field_help(name: str) -> str:
-    return next(f.metadata["help"] for f in dataclasses.fields(RecipeConfig) if f.name == name)

@@ -184,4 +184,6 @@ def load_splits(config: RecipeConfig) -> Splits:
             evaluation = test.take(np.sort(stratified_order(test.y, config.seed)[: config.eval_subset]))
     if config.subset:
         rest = rest[: config.subset]
+    if len(rest) == 0:
+        raise DataError(f"val_size ({config.val_size}) leaves no training images of the {len(train)}")
     return Splits(train=train.take(np.sort(rest)), eval=evaluation, eval_name=eval_name)

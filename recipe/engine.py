@@ -68,7 +68,9 @@ class LoaderData:
             shuffle=train,
             num_workers=workers,
             pin_memory=device.type == "cuda",
-            persistent_workers=workers > 0,
+            # New workers each epoch, seeded from the (checkpointed) global RNG: a resumed run
+            # draws the same augmentations as an uninterrupted one.
+            persistent_workers=False,
         )
         self.device, self.channels_last = device, channels_last
 

@@ -20,10 +20,15 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+try:  # only for the progress bar on a terminal: training needs no more than torch, torchvision, plotly
+    from tqdm import tqdm
+except ImportError:
+    tqdm = None
+
 from recipe import checkpoint
 from recipe.checkpoint import CheckpointError
 from recipe.cli import Parser, add_config_flags, fail, given_settings
-from recipe.config import RESUME_MAY_DIFFER, ConfigError, RecipeConfig, RecipeError
+from recipe.config import RESUME_MAY_DIFFER, SEARCHED, ConfigError, RecipeConfig, RecipeError
 from recipe.curves import write_run_curves
 from recipe.data import cifar100_present, load_splits
 from recipe.engine import DeviceData, LoaderData, evaluate, train_epoch
@@ -47,7 +52,13 @@ def resolve_device(config: RecipeConfig) -> torch.device:
 
 
 def amp_dtype(config: RecipeConfig, device: torch.device) -> torch.dtype | None:
-    mode = ("bf16" if device.type == "cuda" else "off") if config.amp == "auto" else config.amp
+    """auto: bf16 on a GPU that does it natively (Ampere and later), fp16 on older ones, off on a CPU."""
+    mode = config.amp
+    if mode == "auto":
+        if device.type != "cuda":
+            mode = "off"
+        else:
+            mode = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[mode]
 
 
@@ -187,8 +198,8 @@ def train(
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
-        if device.type == "cuda" and state["rng"].get("cuda"):
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
         history = list(state["history"])
         best_acc, best_epoch, wall_before = state["best_acc"], state["best_epoch"], state["wall_time_s"]
 
@@ -227,9 +238,7 @@ def train(
     bar = None
     try:
         for epoch in range(len(history) + 1, config.epochs + 1):
-            if progress:
-                from tqdm import tqdm
-
+            if progress and tqdm is not None:
                 bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="step")
             t0 = time.perf_counter()
             result = train_epoch(
@@ -277,8 +286,9 @@ def train(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else {},
+                # The training device's generator only: a resume may see another number of GPUs.
                 "rng": {"torch": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
+                        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
                 "history": history,
                 "best_acc": best_acc,
                 "best_epoch": best_epoch,
@@ -307,8 +317,6 @@ def train(
     return finish(status, wall())
 
 
-SEARCHED = ("lr", "weight_decay", "dropout", "label_smoothing")
-
 
 def config_from_study(results_dir: str | Path, study: str | None, which: str) -> tuple[RecipeConfig, str, Path]:
     """The final run's config of a study: its best trial's ('best') or a given trial's settings.
@@ -331,11 +339,14 @@ def config_from_study(results_dir: str | Path, study: str | None, which: str) ->
     try:
         best = json.loads(best_path.read_text())
         base = RecipeConfig.from_dict(best["final_config"])
+        taken = f"study {study_dir.name!r}, best trial {best['trial_id']} (value {float(best['value']):.4f})"
     except (ValueError, KeyError, TypeError) as e:
         raise RecipeError(f"{best_path}: not a best.json written by search.run ({e})") from None
     if which == "best":
-        return base, f"study {study_dir.name!r}, best trial {best['trial_id']} (value {best['value']:.4f})", study_dir
+        return base, taken, study_dir
     trials_path = study_dir / "trials.csv"
+    if not trials_path.is_file():
+        raise RecipeError(f"{trials_path}: no such file; --from-study TRIAL_ID reads the trials of a finished search")
     with open(trials_path, newline="") as f:
         rows = {row["trial_id"]: row for row in csv.DictReader(f)}
     if which not in rows:
@@ -356,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     run = parser.add_argument_group("run")
     run.add_argument("--out", help="run directory (default: results/runs/<date-time>; with --from-study: "
                                    "results/<study>/<best|TRIAL_ID>-<date-time>)")
-    run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in --out from its last checkpoint, with the settings in its config.json")
     run.add_argument("--from-study", metavar="best|TRIAL_ID",
                      help="take the settings of a study's final run: its best trial, or the trial with this id; "
                           "any other flag given overrides that one setting")
@@ -378,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
             out = Path(args.out or study_dir / f"{args.from_study}-{stamp}")
             print(f"from {taken}: {', '.join(f'{k}={getattr(config, k):g}' for k in SEARCHED)}"
                   + (f"; overridden: {', '.join(sorted(given))}" if given else ""))
+        elif args.resume and (Path(args.out) / "config.json").is_file():
+            # The run's own settings; any flag given must agree with them (train() checks).
+            config = RecipeConfig.load(Path(args.out) / "config.json").replace(**given)
+            out = Path(args.out)
         else:
             config = RecipeConfig.from_dict(given)
             out = Path(args.out or Path("results") / "runs" / stamp)
@@ -391,8 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(str(e))
     except KeyboardInterrupt:
         if (out / "checkpoints" / "last.pt").exists():
-            print(f"\ninterrupted; continue with: python -m recipe.train --out {out} --resume"
-                  + (" (and the same settings)" if not args.from_study else ""), file=sys.stderr)
+            print(f"\ninterrupted; continue with: python -m recipe.train --out {out} --resume", file=sys.stderr)
         else:
             print("\ninterrupted; no epoch had ended, so there is nothing to resume: run the same command again",
                   file=sys.stderr)

@@ -48,13 +48,15 @@ class Plan:
     @property
     def on_loopback(self) -> bool:
         """A private Ray, or a cluster whose head is on this machine's loopback: one machine."""
-        if self.address is None:
-            return True
-        host = self.address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
-        try:
-            return ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return host == "localhost"
+        return self.address is None or is_loopback(self.address)
+
+
+def is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,17 +80,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 MINIMUMS = {"trials": 1, "gpus": 0, "trials_per_gpu": 1, "cpus_per_trial": 1}
 
 
+def absolute_data_paths(settings: dict[str, Any]) -> dict[str, Any]:
+    """Runs start in Tune's working directories: data paths are taken relative to where the user is."""
+    out = dict(settings)
+    if "data_dir" in out:
+        out["data_dir"] = str(Path(out["data_dir"]).resolve())
+    if str(out.get("data", "")).endswith(".npz"):
+        out["data"] = str(Path(out["data"]).resolve())
+    return out
+
+
 def with_overrides(spec: StudySpec, args: argparse.Namespace) -> StudySpec:
     resources = {k: getattr(args, k) for k in RESOURCE_FLAGS if getattr(args, k) is not None}
-    data = given_settings(args, DATA_FLAGS)
-    # Trials run in Tune's working directories: relative data paths must not depend on that.
-    if "data_dir" in data:
-        data["data_dir"] = str(Path(data["data_dir"]).resolve())
-    elif "data_dir" not in spec.recipe:
-        data["data_dir"] = str(Path("data").resolve())
-    if data.get("data", "").endswith(".npz"):
-        data["data"] = str(Path(data["data"]).resolve())
-    changes: dict[str, Any] = {"recipe": {**spec.recipe, **data}}
+    recipe = absolute_data_paths({"data_dir": "data", **spec.recipe, **given_settings(args, DATA_FLAGS)})
+    changes: dict[str, Any] = {"recipe": recipe, "trial": absolute_data_paths(spec.trial),
+                               "final": absolute_data_paths(spec.final)}
     if args.trials is not None:
         changes["trials"] = args.trials
     if resources:
@@ -98,20 +104,23 @@ def with_overrides(spec: StudySpec, args: argparse.Namespace) -> StudySpec:
 
 STATES = {
     "finished": "has finished; its report is {report}",
+    "no_best": "has finished its search, but no trial ran the whole horizon; its report is {report}",
     "searched": "has finished its search but not its final run; add --resume to run it",
     "interrupted": "was interrupted; add --resume to continue it",
 }
 
 
 def study_state(paths: StudyPaths) -> str:
-    """'new', 'finished' (search and final run), 'searched' (no final run yet) or 'interrupted'."""
+    """'new', 'interrupted' (in its search), 'no_best', 'searched' (no final run yet) or 'finished'."""
     if not paths.spec.exists():
         return "new"
-    if not paths.best.exists():
+    if not paths.trials_csv.exists():  # written when the search ends
         return "interrupted"
+    if not paths.best.exists():
+        return "no_best"
     summary = paths.final / "summary.json"
-    finished = summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
-    return "finished" if finished else "searched"
+    ended = summary.exists() and json.loads(summary.read_text()).get("status") in ("completed", "diverged")
+    return "finished" if ended else "searched"
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -128,7 +137,7 @@ def plan(args: argparse.Namespace) -> Plan:
         raise RecipeError(f"{paths.root}: nothing to resume (no study {spec.name!r} there)")
     if state != "new" and not resume:
         what = STATES[state].format(report=paths.report)
-        if sys.stdin.isatty() and state != "finished":
+        if sys.stdin.isatty() and state in ("interrupted", "searched"):
             answer = input(f"Study {spec.name!r} in {paths.root} {what.split(';')[0]}. Resume it? [Y/n] ")
             if answer.strip().lower() not in ("", "y", "yes"):
                 raise RecipeError(f"{paths.root}: not resumed; remove it, or pass another --results-dir, to start over")
@@ -136,17 +145,19 @@ def plan(args: argparse.Namespace) -> Plan:
         else:
             raise RecipeError(f"{paths.root}: study {spec.name!r} {what}, or remove the directory to start over")
     if resume:
-        changed = [f for f in ("trials", *DATA_FLAGS) if getattr(args, f) is not None]
+        # Tune restores trials, their resources and its concurrency limit as they were.
+        changed = [f for f in ("trials", *RESOURCE_FLAGS, *DATA_FLAGS) if getattr(args, f) is not None]
         if changed:
             raise RecipeError(f"--{changed[0].replace('_', '-')}: a resumed study keeps the settings it started with "
-                              f"({paths.spec}); only resources may change")
-        saved = paths.load_spec()
-        resources = {k: getattr(args, k) for k in RESOURCE_FLAGS if getattr(args, k) is not None}
-        spec = saved.replace(resources=dataclasses.replace(saved.resources, **resources)) if resources else saved
+                              f"({paths.spec}); resume without it")
+        spec = paths.load_spec()
     else:
         spec = with_overrides(spec, args)
         # Missing or malformed data is a one-line error now, not a crash in every trial later.
         load_splits(spec.trial_config(spec.seed_params()))
+    if args.address and not is_loopback(args.address) and not args.storage:
+        raise RecipeError("--address: a study on a cluster needs --storage, a path every node sees or a URI "
+                          "(s3://...): trials may run on any node")
     storage = args.storage.rstrip("/") if args.storage else str(paths.root.parent)
     if args.storage and "://" not in args.storage:
         storage = str(Path(args.storage).resolve())

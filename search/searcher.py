@@ -109,9 +109,11 @@ class StudySearcher(OptunaSearch):
             # The reason reaches us a moment later, through FailureReasons.on_trial_error.
             self._pending_failures[trial_id] = {"epochs": epochs}
             return
-        if result:
-            self._report(trial_id, result)  # Tune skips on_trial_result for the stopping epoch
-        if result and result.get("status") == "diverged":
+        if not result:  # removed by Tune before its first epoch ended
+            self._finish(trial_id, TrialState.FAIL, None, epochs=0, reason="ended before its first epoch")
+            return
+        self._report(trial_id, result)  # Tune skips on_trial_result for the stopping epoch
+        if result.get("status") == "diverged":
             self._finish(trial_id, TrialState.FAIL, None, epochs=epochs,
                          reason=f"diverged: the training loss was not finite in epoch {epochs}")
         elif epochs >= self._horizon:

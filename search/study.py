@@ -44,9 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from recipe.config import RecipeConfig, RecipeError
-
-SEARCHED = ("lr", "weight_decay", "dropout", "label_smoothing")
+from recipe.config import SEARCHED, RecipeConfig, RecipeError
 METRICS = {"eval_acc": "max", "eval_loss": "min"}
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 
@@ -314,10 +312,6 @@ class StudyPaths:
     @property
     def report(self) -> Path:
         return self.root / "report.html"
-
-    @property
-    def tune(self) -> Path:  # Ray Tune's experiment of the search (unless --storage moves it)
-        return self.root / "tune"
 
     def load_spec(self) -> StudySpec:
         return StudySpec.from_dict(json.loads(self.spec.read_text()), str(self.spec))

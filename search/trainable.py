@@ -3,7 +3,8 @@
 A trial's run directory lives in its Tune working directory; the final run's in the
 directory it is given. Every epoch the recipe's last.pt goes to Tune as that epoch's
 checkpoint, so a trial Tune restarts (a crash, a lost node, a resumed study) continues from
-it wherever it lands. A trial keeps no checkpoint of its own: Tune's copy is the one.
+it wherever it lands. Tune's copy is a trial's only one: the trial deletes its own once
+reported (Tune keeps the latest per trial in its experiment directory).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from recipe.checkpoint import atomic_write
 from recipe.config import RecipeConfig
 from recipe.train import train
 
@@ -30,24 +32,31 @@ def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, 
     config = RecipeConfig.from_dict({**base, **params})
     run_dir = Path(out_dir) if out_dir else Path.cwd() / RUN_DIR
     last = run_dir / "checkpoints" / CHECKPOINT_FILE
-    resume = last.is_file()
-    if not resume:
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            last.parent.mkdir(parents=True, exist_ok=True)
-            with checkpoint.as_directory() as d:
-                shutil.copyfile(Path(d) / CHECKPOINT_FILE, last)
-            resume = True
+    checkpoint = tune.get_checkpoint()
+    if final and last.is_file():
+        resume = True  # the final run's own directory on this machine: at least as new as Tune's copy
+    elif checkpoint is not None:
+        # A trial resumes from what Tune (and so Optuna) has seen, never from a later local file.
+        with checkpoint.as_directory() as d:
+            with open(Path(d) / CHECKPOINT_FILE, "rb") as src:
+                atomic_write(last, lambda dst: shutil.copyfileobj(src, dst))
+        resume = True
+    else:
+        last.unlink(missing_ok=True)  # left by an attempt that crashed before its first report
+        resume = False
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         if path is None:  # a diverged epoch: nothing worth resuming from
             tune.report(metrics)
             return
-        with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
-            # A hard link hands Tune the file without copying 170 MB; Tune persists its own copy.
-            os.link(path, Path(tmp) / CHECKPOINT_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
-        if not final:
-            path.unlink()
+        try:
+            with tempfile.TemporaryDirectory(dir=run_dir) as tmp:
+                # A hard link hands Tune the file without copying 170 MB; Tune persists its own copy.
+                os.link(path, Path(tmp) / CHECKPOINT_FILE)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        finally:
+            # Also when ASHA stops the trial: tune.report then ends the training thread.
+            if not final:
+                path.unlink(missing_ok=True)
 
     train(config, run_dir, resume=resume, callback=report, curves=final, keep_best=final)

@@ -26,13 +26,18 @@ if TYPE_CHECKING:  # run.py imports this module only after choosing Ray's mode
 
 
 
+class FinalRunFailed(RuntimeError):
+    """The final run crashed more often than its retries allow (not bad input: exit status 1)."""
+
+
 def start_ray(p: Plan) -> None:
     # On one machine, loopback only (run.py set Ray's local switch too); a private Ray has no dashboard.
     node_ip = {"_node_ip_address": "127.0.0.1"} if p.on_loopback else {}
     if p.address:
         ray.init(address=p.address, log_to_driver=False, logging_level="ERROR", **node_ip)
     else:
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR", **node_ip)
+        # address="local": a new Ray of our own, never one that RAY_ADDRESS or `ray start` left around.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR", **node_ip)
 
 
 def gpus_to_use(spec: StudySpec) -> int:
@@ -53,9 +58,13 @@ def resources(spec: StudySpec, gpus: int, final: bool = False) -> dict[str, floa
 
 
 def concurrency(spec: StudySpec, gpus: int) -> int:
-    if gpus:
-        return gpus * spec.resources.trials_per_gpu
-    return max(1, int(ray.cluster_resources().get("CPU", 1)) // spec.resources.cpus_per_trial)
+    """Trials at a time: what the GPUs take, and no more than the CPUs can serve.
+
+    A trial Tune starts but cannot place would still hold a RUNNING Optuna trial, and TPE
+    would sample further ahead of its results than it needs to.
+    """
+    by_cpu = max(1, int(ray.cluster_resources().get("CPU", 1)) // spec.resources.cpus_per_trial)
+    return min(gpus * spec.resources.trials_per_gpu, by_cpu) if gpus else by_cpu
 
 
 def base_config(config_dict: dict[str, Any], gpus: int) -> dict[str, Any]:
@@ -74,8 +83,8 @@ def search(p: Plan, gpus: int) -> None:
     if p.resume and tune.Tuner.can_restore(experiment):
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
     elif p.resume and paths.optuna_db.exists() and open_study(paths, spec).trials:
-        raise RecipeError(f"{experiment}: Ray Tune's state of this study is missing, so it cannot be resumed; "
-                          f"remove {paths.root} to start over")
+        raise RecipeError(f"{experiment}: no Ray Tune state of this study there (was it started with another "
+                          f"--storage?); resume with the same --storage, or remove {paths.root} to start over")
     else:
         searcher = StudySearcher(spec, optuna.storages.RDBStorage(paths.storage_url))
         tuner = tune.Tuner(
@@ -138,8 +147,8 @@ def final_run(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
         raise KeyboardInterrupt  # stopped on a signal, its state saved
     result = results[0]
     if result.error is not None:
-        raise RecipeError(f"the final run failed after {spec.resources.max_failures + 1} attempts: "
-                          f"{str(result.error).strip().splitlines()[-1]}")
+        raise FinalRunFailed(f"the final run failed after {spec.resources.max_failures + 1} attempts: "
+                             f"{str(result.error).strip().splitlines()[-1]}")
     if not local:
         if paths.final.exists():
             shutil.rmtree(paths.final)
@@ -180,7 +189,12 @@ def run(p: Plan, on_ray_started: Callable[[], None] = lambda: None) -> int:
         write_report(p)
         if not p.final:
             return 0
-        summary = final_run(p, gpus, best)
+        try:
+            summary = final_run(p, gpus, best)
+        except FinalRunFailed as e:
+            print(f"error: {e}; --resume tries again", file=sys.stderr)
+            write_report(p)
+            return 1
         write_report(p)
         acc = summary.get("final_eval_acc")
         print(f"final run {summary['status']}: test accuracy {100 * acc:.2f}% after {summary['epochs_run']} epochs"

@@ -132,18 +132,27 @@ def test_random_erasing_matches_torchvision_in_rate_area_shape_and_place(path):
     rel_top = np.array([i / (32 - h) for i, _, h, _ in erased])
     rel_left = np.array([j / (32 - w) for _, j, _, w in erased])
     ref_top = np.array([i / (32 - h) for i, _, h, _ in ref])
+    ref_left = np.array([j / (32 - w) for _, j, _, w in ref])
     assert ks_distance(rel_top, ref_top) < limit
-    assert ks_distance(rel_left, ref_top) < limit
+    assert ks_distance(rel_left, ref_left) < limit
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_normalisation_uses_the_cifar100_mean_and_std(path):
-    image = position_coded_image()
+    # A plain colour: every pixel a crop can bring to the centre has it.
+    image = np.empty((32, 32, 3), dtype=np.uint8)
+    image[:] = (200, 100, 50)
     x = augmented(path, image, 50, 0.0)
-    # The image pixel under output (16, 16), normalised by hand.
-    px = unnormalize(x)[:, :, 16, 16]
-    expected = ((px / 255 - np.array(CIFAR100_MEAN)) / np.array(CIFAR100_STD))
-    np.testing.assert_allclose(x[:, :, 16, 16].numpy(), expected, atol=1e-5)
+    expected = (np.array([200, 100, 50]) / 255 - np.array(CIFAR100_MEAN)) / np.array(CIFAR100_STD)
+    np.testing.assert_allclose(x[:, :, 16, 16].numpy(), np.broadcast_to(expected, (50, 3)), atol=1e-5)
+
+
+def test_the_fast_path_hands_the_model_channels_last_batches_when_asked():
+    arrays = Arrays(np.zeros((64, 32, 32, 3), dtype=np.uint8), np.zeros(64, np.int64))
+    for channels_last in (True, False):
+        data = DeviceData(arrays, torch.device("cpu"), channels_last)
+        for x, _ in (*data.train_batches(32, 0.5), *data.eval_batches(32)):
+            assert x.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def test_both_paths_evaluate_on_identical_normalised_images():

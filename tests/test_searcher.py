@@ -79,7 +79,7 @@ def test_a_crashed_trial_fails_with_the_error_as_its_reason(setup):
     assert t.intermediate_values == {1: 0.1}
 
 
-def test_a_second_completion_after_a_restore_changes_nothing(setup):
+def test_a_second_completion_of_a_trial_changes_nothing(setup):
     _, searcher, reopen = setup
     searcher.suggest("t0")
     run_epochs(searcher, "t0", [0.1, 0.2, 0.3, 0.4])

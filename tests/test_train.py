@@ -95,7 +95,7 @@ def test_an_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one(t
 
 
 def test_classic_pipeline_resumes_exactly_too(tmp_path):
-    config = tiny_config(epochs=2, pipeline="classic", subset=128, eval_subset=100)
+    config = tiny_config(epochs=2, pipeline="classic", subset=128, eval_subset=100, workers=2)
     train(config, tmp_path / "straight")
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "resumed", callback=lambda m, p: (_ for _ in ()).throw(KeyboardInterrupt))
