@@ -28,6 +28,7 @@ from recipe.cli import flag
 from recipe.train import main as train_main
 from search import report
 from search import run as search_run
+from search import study as search_study
 from search.study import STUDIES_DIR
 
 from conftest import tiny_config
@@ -246,6 +247,15 @@ def test_resume_of_a_finished_run_completes_at_once_with_the_same_metrics(finish
         assert after[key] == before[key], key
 
 
+def test_resume_needs_no_flags_but_out_it_reads_the_runs_config(run_copy, capsys):
+    config = (run_copy / "config.json").read_text()
+    result = call(train_main, ["--out", str(run_copy), "--resume", "--epochs", "3"], capsys)
+    assert result.code == 2 and "epochs=2, not 3" in result.err  # a flag given must agree with the run
+    result = call(train_main, ["--out", str(run_copy), "--resume"], capsys)
+    assert result.code == 0, result.err
+    assert (run_copy / "config.json").read_text() == config
+
+
 def test_a_new_run_in_a_directory_that_holds_one_is_refused_and_leaves_it_unchanged(run_copy, capsys):
     before = tree(run_copy.parent)
     result = call(train_main, [*tiny_flags(epochs=2), "--out", str(run_copy)], capsys)
@@ -382,6 +392,53 @@ def test_search_with_a_missing_npz_fails_before_any_trial(work, no_ray, capsys):
 def test_search_with_zero_trials_is_refused(work, no_ray, capsys):
     result = search_cli(work, capsys, "--study", "smoke", "--trials", "0")
     assert_usage_error(result, "--trials: must be >= 1", "got 0")
+
+
+def test_search_on_a_remote_cluster_without_storage_is_refused(work, no_ray, capsys):
+    result = search_cli(work, capsys, "--study", "smoke", "--address", "10.0.0.5:6379")
+    assert_usage_error(result, "--address", "needs --storage")
+
+
+def a_study_in(work: Path, *files: str) -> Path:
+    """results/smoke/ as a study leaves it at some point: spec.json and the given files."""
+    root = work / "results" / "smoke"
+    root.mkdir(parents=True)
+    (root / "spec.json").write_text(json.dumps(search_study.load("smoke").to_dict()))
+    for name in files:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text('{"status": "completed"}' if name.endswith(".json") else "x\n")
+    return root
+
+
+@pytest.mark.parametrize("files, says", [
+    ((), "was interrupted; add --resume to continue it"),
+    (("trials.csv",), "no trial ran the whole horizon"),
+    (("trials.csv", "best.json"), "has finished its search but not its final run; add --resume"),
+    (("trials.csv", "best.json", "final/summary.json"), "has finished; its report is"),
+])
+def test_running_a_study_again_says_where_it_stands_and_what_to_do(work, no_ray, capsys, files, says):
+    a_study_in(work, *files)
+    result = call(search_run.main, ["--results-dir", str(work / "results"), "--study", "smoke"], capsys)
+    assert_usage_error(result, says)
+
+
+def test_a_resumed_study_keeps_its_settings(work, no_ray, capsys):
+    a_study_in(work)
+    for given in (["--trials", "3"], ["--gpus", "0"], ["--data", "synthetic"]):
+        result = call(search_run.main, ["--results-dir", str(work / "results"), "--study", "smoke", "--resume",
+                                        *given], capsys)
+        assert_usage_error(result, given[0], "keeps the settings it started with")
+
+
+def test_relative_data_paths_of_a_study_are_taken_from_where_it_is_run(work, capsys):
+    study = work / "mine.toml"
+    text = (STUDIES_DIR / "smoke.toml").read_text().replace('data = "synthetic"', 'data = "arrays/c.npz"')
+    study.write_text(text.replace("[final]", '[final]\ndata_dir = "elsewhere"'))
+    args = search_run.parse_args(["--study", str(study)])
+    spec = search_run.with_overrides(search_study.load(str(study)), args)
+    assert spec.recipe["data"] == str(Path.cwd() / "arrays" / "c.npz")
+    assert spec.recipe["data_dir"] == str(Path.cwd() / "data")
+    assert spec.final["data_dir"] == str(Path.cwd() / "elsewhere")
 
 
 def test_python_m_search_run_unknown_study_is_one_line_and_exit_2(tmp_path):

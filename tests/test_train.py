@@ -6,7 +6,8 @@ import torch
 
 from recipe import checkpoint
 from recipe.checkpoint import CheckpointError
-from recipe.train import RunDirError, train
+from recipe.config import RecipeConfig
+from recipe.train import RunDirError, amp_dtype, train
 
 from conftest import tiny_config
 
@@ -145,3 +146,15 @@ def test_a_directory_that_holds_a_run_is_not_overwritten(tmp_path):
 def test_validation_split_is_the_evaluation_set_when_asked(tmp_path):
     summary = train(tiny_config(epochs=1, val_size=300), tmp_path)
     assert summary["eval_set"] == "val" and summary["eval_images"] == 300
+
+
+def test_amp_auto_is_bf16_on_gpus_that_do_it_natively_fp16_on_older_ones_and_off_on_a_cpu(monkeypatch):
+    cuda = torch.device("cuda")
+    # Pre-Ampere GPUs have bf16 only by emulation.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert amp_dtype(RecipeConfig(), cuda) == torch.float16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert amp_dtype(RecipeConfig(), cuda) == torch.bfloat16
+    assert amp_dtype(RecipeConfig(), torch.device("cpu")) is None
+    assert amp_dtype(RecipeConfig(amp="bf16"), torch.device("cpu")) == torch.bfloat16
+    assert amp_dtype(RecipeConfig(amp="off"), cuda) is None
