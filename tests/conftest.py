@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import optuna
 import psutil
 import pytest
 import torch
@@ -39,6 +40,21 @@ NETNS_SETUP = (
     "ip addr add 10.23.0.1/24 dev veth0 && ip link set veth0 up && ip link set veth1 up && "
     "ip route add default via 10.23.0.2 dev veth0"
 )
+
+
+def read_trials(db: Path, name: str = "smoke") -> list:
+    """The trials of a study another process may be writing, read as the report reads them.
+
+    Read-only, and without creating tables: a reader that created them could race the study's
+    own first write of its schema. Before the study exists: no trials.
+    """
+    if not db.exists():
+        return []
+    try:
+        storage = optuna.storages.RDBStorage(f"sqlite:///file:{db}?mode=ro&uri=true", skip_table_creation=True)
+        return optuna.load_study(study_name=name, storage=storage).get_trials()
+    except Exception:  # no study, or no tables, yet
+        return []
 
 
 def isolated_network_available() -> bool:

@@ -3,10 +3,10 @@ import csv
 import ipaddress
 import json
 
-import optuna
 import pytest
 from optuna.trial import TrialState
 
+from conftest import read_trials
 from recipe.train import main as train_main
 from report_fixture import check_report_in_browser, require_browser
 from search import study as studies
@@ -15,8 +15,7 @@ SPEC = studies.load("smoke")
 
 
 def optuna_trials(run):
-    study = optuna.load_study(study_name="smoke", storage=f"sqlite:///{run.root / 'optuna.db'}")
-    return study.get_trials()
+    return read_trials(run.root / "optuna.db")
 
 
 def test_the_smoke_study_runs_to_the_end(smoke_study):

@@ -4,25 +4,14 @@ import signal
 import subprocess
 import sys
 
-import optuna
 import psutil
 from optuna.trial import TrialState
 
-from conftest import REPO, process_tree, run_study
-
-
-def trials_so_far(db, name="smoke"):
-    """The trials of a study being written by another process; none before it exists."""
-    if not db.exists():
-        return []
-    try:
-        return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").get_trials()
-    except KeyError:  # the file is there, the study not yet
-        return []
+from conftest import REPO, process_tree, read_trials, run_study
 
 
 def finished_trials(db):
-    return [t for t in trials_so_far(db) if t.state.is_finished()]
+    return [t for t in read_trials(db) if t.state.is_finished()]
 
 
 def test_a_study_stopped_by_sigterm_resumes_with_no_lost_or_repeated_trial(tmp_path):
@@ -47,7 +36,7 @@ def test_a_study_stopped_by_sigterm_resumes_with_no_lost_or_repeated_trial(tmp_p
 
     second = run_study(args[:-3] + ["--no-final", "--resume"])
     assert second.returncode == 0, second.stderr[-2000:]
-    trials = optuna.load_study(study_name="smoke", storage=f"sqlite:///{db}").get_trials()
+    trials = read_trials(db)
     assert [t.number for t in trials] == [0, 1, 2, 3, 4]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 5
@@ -77,7 +66,7 @@ def test_a_trial_whose_worker_is_killed_continues_from_its_last_checkpoint(tmp_p
     def kill_after_first_epoch(proc, out):
         if killed:
             return
-        running = [t for t in trials_so_far(db) if t.state == TrialState.RUNNING and t.intermediate_values]
+        running = [t for t in read_trials(db) if t.state == TrialState.RUNNING and t.intermediate_values]
         worker = worker_running_a_trial(proc)
         if running and worker is not None:
             worker.kill()
@@ -87,7 +76,7 @@ def test_a_trial_whose_worker_is_killed_continues_from_its_last_checkpoint(tmp_p
                     watch=kill_after_first_epoch)
     assert killed and run.returncode == 0, run.stderr[-2000:]
     assert "crashed; retrying from its last checkpoint" in run.stdout
-    trial = optuna.load_study(study_name="smoke", storage=f"sqlite:///{db}").trials[0]
+    (trial,) = read_trials(db)
     assert trial.state == TrialState.COMPLETE
     assert sorted(trial.intermediate_values) == [1, 2, 3, 4]
     # Tune's own record of the trial: epochs continue after the crash instead of starting over.
