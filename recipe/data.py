@@ -106,6 +106,11 @@ def load_npz(path: str | Path) -> tuple[Arrays, Arrays]:
     )
 
 
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
 def cifar100_present(data_dir: str | Path) -> bool:
     """Whether torchvision's CIFAR-100 files are in data_dir (present, not verified)."""
     folder = Path(data_dir) / "cifar-100-python"
@@ -125,7 +130,12 @@ def load_torchvision(data_dir: str | Path, download: bool) -> tuple[Arrays, Arra
                     ds = CIFAR100(root=str(data_dir), train=train, download=True)
             else:
                 ds = CIFAR100(root=str(data_dir), train=train, download=False)
-        except RuntimeError:
+        except (RuntimeError, OSError) as e:  # OSError: no network, an HTTP error, an unwritable directory
+            if download:
+                raise DataError(
+                    f"CIFAR-100 could not be downloaded into {data_dir}/ ({one_line(e)}): fetch {CIFAR100.url} "
+                    f"and unpack it there, or pass --data PATH.npz"
+                ) from None
             raise DataError(
                 f"CIFAR-100 not found in {data_dir}/ (cifar-100-python/): add --download to fetch it "
                 f"(about 170 MB), or pass --data PATH.npz or --data synthetic"

@@ -1,16 +1,22 @@
 """Shared helpers: tiny recipe configs that train in seconds on a CPU."""
 from __future__ import annotations
 
+import functools
+import hashlib
+import http.server
 import ipaddress
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import optuna
 import psutil
 import pytest
@@ -40,6 +46,72 @@ NETNS_SETUP = (
     "ip addr add 10.23.0.1/24 dev veth0 && ip link set veth0 up && ip link set veth1 up && "
     "ip route add default via 10.23.0.2 dev veth0"
 )
+
+
+def write_torchvision_cifar100(root, n_train=200, n_test=100):
+    """The on-disk layout torchvision's CIFAR100 reads: pickled dicts of flattened CHW rows."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    images = {}
+    for name, n in (("train", n_train), ("test", n_test)):
+        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        y = [i % 100 for i in range(n)]
+        entry = {"data": x.transpose(0, 3, 1, 2).reshape(n, -1), "fine_labels": y, "coarse_labels": [v // 5 for v in y]}
+        (folder / name).write_bytes(pickle.dumps(entry))
+        images[name] = (x, np.array(y))
+    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}))
+    return images
+
+
+def md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cifar100_server(tmp_path, monkeypatch):
+    """torchvision's CIFAR100 downloading from a server on loopback that holds a small archive of the real layout.
+
+    Only where the files are and their checksums change: the download, its md5 check, the unpacking and the
+    reading are torchvision's own. Yields the images the archive holds.
+    """
+    from torchvision.datasets import CIFAR100
+
+    served = tmp_path / "served"
+    images = write_torchvision_cifar100(served)
+    folder = served / "cifar-100-python"
+    archive = served / CIFAR100.filename
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname=folder.name)
+    shutil.rmtree(folder)  # the server holds only the archive
+    handler = functools.partial(QuietFileHandler, directory=str(served))
+    server = QuietServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    monkeypatch.setattr(CIFAR100, "url", f"http://127.0.0.1:{server.server_address[1]}/{CIFAR100.filename}")
+    monkeypatch.setattr(CIFAR100, "tgz_md5", md5(archive))
+    sums = {name: md5_of_member(archive, name) for name in ("train", "test", "meta")}
+    monkeypatch.setattr(CIFAR100, "train_list", [["train", sums["train"]]])
+    monkeypatch.setattr(CIFAR100, "test_list", [["test", sums["test"]]])
+    monkeypatch.setattr(CIFAR100, "meta", {**CIFAR100.meta, "md5": sums["meta"]})
+    yield images
+    server.shutdown()
+    server.server_close()
+
+
+class QuietFileHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+class QuietServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:  # a client that hung up early: not our test's business
+        pass
+
+
+def md5_of_member(archive: Path, name: str) -> str:
+    with tarfile.open(archive) as tar:
+        return hashlib.md5(tar.extractfile(f"cifar-100-python/{name}").read()).hexdigest()
 
 
 def read_trials(db: Path, name: str = "smoke") -> list:

@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import csv
 import io
+import fcntl
 import json
+import os
+import pty
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import recipe.train
@@ -128,6 +134,68 @@ def test_train_without_cifar100_on_disk_says_to_add_download(work, capsys):
     assert tree(work) == before
 
 
+class Terminal(io.StringIO):
+    """stdin of a user at a terminal who types the given answer."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+DOWNLOAD_PROMPT = "Download it now (about 170 MB)? [y/N]"
+
+
+def test_train_at_a_terminal_asks_before_downloading_and_no_means_nothing_is_fetched(work, capsys, monkeypatch,
+                                                                                      cifar100_server):
+    monkeypatch.setattr(sys, "stdin", Terminal("n\n"))
+    before = tree(work)
+    result = call(train_main, ["--data", "cifar100", "--data-dir", str(work / "data"), "--out", str(work / "run")],
+                  capsys)
+    assert DOWNLOAD_PROMPT in result.out and str(work / "data") in result.out
+    assert_usage_error(Result(result.code, "", result.err), "CIFAR-100 not found", "--download")
+    assert tree(work) == before
+
+
+@pytest.mark.parametrize("how", ["answers yes at the prompt", "--download"])
+def test_cifar100_is_downloaded_on_first_use_and_trained_on(work, capsys, monkeypatch, cifar100_server, how):
+    monkeypatch.setattr(sys, "stdin", Terminal("y\n" if how.startswith("answers") else ""))
+    data, out = work / "data", work / "run"
+    argv = [*tiny_flags(data="cifar100", subset=100, eval_subset=50, epochs=1), "--data-dir", str(data),
+            "--out", str(out)] + (["--download"] if how == "--download" else [])
+    result = call(train_main, argv, capsys)
+    assert result.code == 0, result.err
+    assert (DOWNLOAD_PROMPT in result.out) == how.startswith("answers")
+    # torchvision's own files, unpacked where the user said, hold what the server sent.
+    from torchvision.datasets import CIFAR100
+    train, test = CIFAR100(str(data), train=True), CIFAR100(str(data), train=False)
+    np.testing.assert_array_equal(train.data, cifar100_server["train"][0])
+    np.testing.assert_array_equal(test.data, cifar100_server["test"][0])
+    assert json.loads((out / "config.json").read_text())["data"] == "cifar100"
+    assert len(read_metrics(out)) == 1
+    # The second run finds the data and asks nothing.
+    monkeypatch.setattr(sys, "stdin", Terminal(""))
+    again = call(train_main, [str(work / "again") if a == str(out) else a for a in argv if a != "--download"], capsys)
+    assert again.code == 0 and DOWNLOAD_PROMPT not in again.out, again.err
+
+
+@pytest.mark.parametrize("served", ["nothing", "a corrupted archive"])
+def test_a_failed_download_is_one_line_saying_why_and_where_to_get_the_data(work, capsys, cifar100_server,
+                                                                            monkeypatch, served):
+    from torchvision.datasets import CIFAR100
+    if served == "nothing":
+        monkeypatch.setattr(CIFAR100, "url", CIFAR100.url.replace(CIFAR100.filename, "missing.tar.gz"))
+    else:
+        monkeypatch.setattr(CIFAR100, "tgz_md5", "0" * 32)
+    url = CIFAR100.url
+    result = call(train_main, [*tiny_flags(data="cifar100"), "--data-dir", str(work / "data"), "--download",
+                               "--out", str(work / "run")], capsys)
+    # torchvision's download progress bar may come first; then one line, and no traceback.
+    last = result.err.splitlines()[-1] + "\n"
+    assert_usage_error(Result(result.code, result.out, last), "CIFAR-100 could not be downloaded into",
+                       str(work / "data"), "404" if served == "nothing" else "corrupted", url)
+    assert "Traceback" not in result.err
+    assert not (work / "run").exists()
+
+
 def test_train_with_a_missing_npz_says_which_file(work, capsys):
     missing = work / "missing.npz"
     before = tree(work)
@@ -217,6 +285,31 @@ def test_a_good_run_prints_one_line_per_epoch_then_its_summary_and_no_progress_b
     assert lines[3].startswith(f"completed: 2/2 epochs, final test accuracy {100 * summary['final_eval_acc']:.2f}%, "
                                f"best {100 * summary['best_eval_acc']:.2f}% (epoch {summary['best_epoch']})")
     assert lines[3].endswith(f"curves: {run / 'curves.html'}")
+
+
+def test_on_a_terminal_a_run_shows_a_progress_bar_per_epoch_and_still_its_epoch_lines(tmp_path):
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a size
+    proc = subprocess.Popen([sys.executable, "-m", "recipe.train", *tiny_flags(epochs=2), "--out", str(tmp_path / "run")],
+                            cwd=REPO, stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True)
+    os.close(secondary)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(primary, 65536)
+        except OSError:  # EIO: the terminal's other side is closed, the program has ended
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(primary)
+    assert proc.wait(timeout=300) == 0, seen.decode(errors="replace")
+    text = seen.decode(errors="replace")
+    steps = 128 // tiny_config().batch_size
+    for epoch in (1, 2):
+        assert re.search(rf"\repoch {epoch}/2: +0%\| +\| 0/{steps} \[", text), text  # a bar of the epoch's steps
+        assert re.search(rf"[\r\n]epoch +{epoch}/2  lr \S+  train loss", text), text  # the bar cleared, then the line
+    assert "completed: 2/2 epochs" in text
 
 
 def test_a_good_run_leaves_a_whole_run_directory(finished_run):
@@ -420,6 +513,30 @@ def test_running_a_study_again_says_where_it_stands_and_what_to_do(work, no_ray,
     a_study_in(work, *files)
     result = call(search_run.main, ["--results-dir", str(work / "results"), "--study", "smoke"], capsys)
     assert_usage_error(result, says)
+
+
+@pytest.mark.parametrize("files", [(), ("trials.csv", "best.json")], ids=["interrupted", "searched"])
+@pytest.mark.parametrize("answer", ["\n", "y\n", "n\n"])
+def test_running_an_unfinished_study_again_at_a_terminal_asks_to_resume_it(work, no_ray, capsys, monkeypatch, files,
+                                                                          answer):
+    root = a_study_in(work, *files)
+    monkeypatch.setattr(sys, "stdin", Terminal(answer))
+    argv = ["--results-dir", str(work / "results"), "--study", "smoke"]
+    if answer == "n\n":
+        result = call(search_run.main, argv, capsys)
+        assert "Resume it? [Y/n]" in result.out
+        assert_usage_error(Result(result.code, "", result.err), "not resumed", "remove it")
+        return
+    planned = search_run.plan(search_run.parse_args(argv))
+    assert f"Study 'smoke' in {root}" in capsys.readouterr().out
+    assert planned.resume and planned.paths.root == root
+
+
+def test_a_finished_study_run_again_at_a_terminal_is_not_offered_a_resume(work, no_ray, capsys, monkeypatch):
+    a_study_in(work, "trials.csv", "best.json", "final/summary.json")
+    monkeypatch.setattr(sys, "stdin", Terminal("y\n"))
+    result = call(search_run.main, ["--results-dir", str(work / "results"), "--study", "smoke"], capsys)
+    assert_usage_error(result, "has finished; its report is")
 
 
 def test_a_resumed_study_keeps_its_settings(work, no_ray, capsys):

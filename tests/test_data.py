@@ -1,12 +1,10 @@
-import pickle
-
 import numpy as np
 import pytest
 
 from recipe.config import RecipeConfig
 from recipe.data import DataError, load_splits, synthetic
 
-from conftest import tiny_config
+from conftest import tiny_config, write_torchvision_cifar100
 
 
 def write_npz(path, n_train=300, n_test=100, **override):
@@ -20,22 +18,6 @@ def write_npz(path, n_train=300, n_test=100, **override):
     arrays.update(override)
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return arrays
-
-
-def write_torchvision_cifar100(root, n_train=200, n_test=100):
-    """The on-disk layout torchvision's CIFAR100 reads: pickled dicts of flattened CHW rows."""
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    images = {}
-    for name, n in (("train", n_train), ("test", n_test)):
-        x = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        y = [i % 100 for i in range(n)]
-        entry = {"data": x.transpose(0, 3, 1, 2).reshape(n, -1), "fine_labels": y, "coarse_labels": [v // 5 for v in y]}
-        (folder / name).write_bytes(pickle.dumps(entry))
-        images[name] = (x, np.array(y))
-    (folder / "meta").write_bytes(pickle.dumps({"fine_label_names": [f"c{i}" for i in range(100)]}))
-    return images
 
 
 def test_synthetic_has_cifar_shapes_and_every_class():
