@@ -1,7 +1,7 @@
 """A compact live view of a study, in place of Ray Tune's own output.
 
 One line per event (a trial starts, is stopped, completes, fails) and a status line: on a
-terminal it is redrawn in place; otherwise it is printed once a minute.
+terminal it is redrawn in place at every result; otherwise it is printed once a minute.
 """
 from __future__ import annotations
 
@@ -67,8 +67,8 @@ class LiveView(Callback):
 
     def _status(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self.last_status < (1.0 if self.tty else self.interval_s):
-            return
+        if not force and not self.tty and now - self.last_status < self.interval_s:
+            return  # a terminal's status line is redrawn at every result; a log gets it once an interval
         self.last_status = now
         epochs = ", ".join(f"{self._name_of(tid)}@{e}" for tid, (e, _) in sorted(self.running.items()))
         best = f"best: {self._metric(self.best[0])} (trial {self.best[1]})" if self.best else "best: none yet"
