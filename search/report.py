@@ -11,6 +11,7 @@ import html
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -33,6 +34,8 @@ from search.study import SEARCHED, StudyPaths, StudySpec
 # fANOVA fits a forest to (settings -> objective); with fewer complete trials than searched
 # settings + 1 the split of the variance among the settings is not determined by the data.
 MIN_IMPORTANCE_TRIALS = len(SEARCHED) + 1
+LOCK_WAIT_S = 1.0  # SQLite's own wait for a lock, per attempt
+LOCK_PATIENCE_S = 30.0  # how long a report waits for a study's writer to let go of optuna.db
 
 LABELS = {"lr": "peak learning rate", "weight_decay": "weight decay", "dropout": "dropout probability",
           "label_smoothing": "label smoothing"}
@@ -118,19 +121,37 @@ def load_spec(paths: StudyPaths) -> StudySpec:
 
 
 def open_study(paths: StudyPaths, spec: StudySpec) -> optuna.Study | None:
-    """The study's Optuna study, opened read-only (SQLite mode=ro); None if optuna.db is not there yet."""
+    """A snapshot of the study's Optuna study, in memory; None if optuna.db is not there yet.
+
+    optuna.db is opened read-only (SQLite mode=ro) and copied at once, so every figure of a running study shows
+    the same moment. The driver locks the file while it writes: a locked database is waited for, up to
+    LOCK_PATIENCE_S, before it is an error.
+    """
     if not paths.optuna_db.is_file():
         return None
     url = f"sqlite:///file:{quote(str(paths.optuna_db))}?mode=ro&uri=true"
-    try:
-        storage = optuna.storages.RDBStorage(url, skip_table_creation=True)
-        return optuna.load_study(study_name=spec.name, storage=storage)
-    except KeyError:
-        raise ReportError(f"{paths.optuna_db}: holds no Optuna study named {spec.name!r}") from None
-    except (optuna.exceptions.OptunaError, SQLAlchemyError, RuntimeError) as e:  # RuntimeError: schema version
-        cause = str(e.__cause__ or e).strip()
-        raise ReportError(f"{paths.optuna_db}: not a readable Optuna database "
-                          f"({cause.splitlines()[0] if cause else type(e).__name__})") from None
+    deadline = time.monotonic() + LOCK_PATIENCE_S
+    while True:
+        storage = None
+        try:
+            storage = optuna.storages.RDBStorage(url, skip_table_creation=True,
+                                                 engine_kwargs={"connect_args": {"timeout": LOCK_WAIT_S}})
+            snapshot = optuna.storages.InMemoryStorage()
+            optuna.copy_study(from_study_name=spec.name, from_storage=storage, to_storage=snapshot)
+            return optuna.load_study(study_name=spec.name, storage=snapshot)
+        except KeyError:
+            raise ReportError(f"{paths.optuna_db}: holds no Optuna study named {spec.name!r}") from None
+        except (optuna.exceptions.OptunaError, SQLAlchemyError, RuntimeError) as e:  # RuntimeError: schema version
+            cause = str(e.__cause__ or e).strip()
+            first = cause.splitlines()[0] if cause else type(e).__name__
+            if "database is locked" not in cause:
+                raise ReportError(f"{paths.optuna_db}: not a readable Optuna database ({first})") from None
+            if time.monotonic() >= deadline:
+                raise ReportError(f"{paths.optuna_db}: locked by another process for {LOCK_PATIENCE_S:g} s "
+                                  f"(a study writing it should hold it for a moment only); try again") from None
+        finally:
+            if storage is not None:
+                storage.engine.dispose()
 
 
 def load_final(paths: StudyPaths) -> FinalRun:

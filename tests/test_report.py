@@ -5,8 +5,11 @@ import hashlib
 import html
 import os
 import re
+import sqlite3
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import plotly.offline
@@ -205,6 +208,44 @@ def test_the_report_leaves_optuna_db_untouched(tmp_path):
     report.write_report(paths)
     assert hashlib.sha256(paths.optuna_db.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in paths.root.iterdir()) == sorted(files + ["report.html"])
+
+
+def hold_exclusive_lock(db: Path, seconds: float) -> threading.Thread:
+    """Another process's write to optuna.db, as SQLite sees it: an exclusive lock held for a while."""
+    conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute("BEGIN EXCLUSIVE")
+
+    def release() -> None:
+        time.sleep(seconds)
+        conn.execute("COMMIT")
+        conn.close()
+
+    thread = threading.Thread(target=release)
+    thread.start()
+    return thread
+
+
+def test_a_study_whose_writer_holds_the_lock_for_a_moment_is_waited_for(tmp_path, monkeypatch):
+    paths = make_study(tmp_path, "busy", SMALL, finished=True, final=None)
+    expected = report.build_report(paths)
+    monkeypatch.setattr(report, "LOCK_WAIT_S", 0.2)
+    writer = hold_exclusive_lock(paths.optuna_db, seconds=1.5)
+    try:
+        assert report.build_report(paths) == expected
+    finally:
+        writer.join()
+
+
+def test_a_study_locked_for_longer_than_the_patience_is_one_clear_error(tmp_path, monkeypatch):
+    paths = make_study(tmp_path, "stuck", SMALL, finished=True, final=None)
+    monkeypatch.setattr(report, "LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr(report, "LOCK_PATIENCE_S", 1.0)
+    writer = hold_exclusive_lock(paths.optuna_db, seconds=3)
+    try:
+        with pytest.raises(report.ReportError, match=r"optuna.db: locked by another process for 1 s"):
+            report.build_report(paths)
+    finally:
+        writer.join()
 
 
 # ---- the CLI ------------------------------------------------------------------------------------
