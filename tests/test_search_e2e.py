@@ -78,6 +78,14 @@ def test_the_final_run_trains_the_best_settings_on_the_whole_training_set_agains
     assert (final / "checkpoints" / "best.pt").exists() and (final / "curves.html").exists()
 
 
+def test_a_finished_study_keeps_the_final_runs_weights_and_no_tune_checkpoints(smoke_study):
+    root = smoke_study.root
+    trial_dirs = [d for d in (root / "tune").iterdir() if d.is_dir() and (d / "result.json").exists()]
+    assert len(trial_dirs) == SPEC.trials  # every trial's own record is still there ...
+    assert not list(root.rglob("checkpoint_*"))  # ... but not its ~170 MB (at full width) checkpoint
+    assert (root / "final" / "checkpoints" / "last.pt").is_file()
+
+
 def test_from_study_best_reruns_the_final_run_without_ray(smoke_study, tmp_path, capsys):
     out = tmp_path / "again"
     code = train_main(["--from-study", "best", "--study", "smoke", "--results-dir", str(smoke_study.results),

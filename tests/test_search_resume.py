@@ -20,16 +20,28 @@ def test_a_study_stopped_by_sigterm_resumes_with_no_lost_or_repeated_trial(tmp_p
     args = ["--study", "smoke", "--results-dir", str(results), "--trials", "5", "--no-final"]
     sent = []
 
-    def stop_after_two(proc, out):
-        if not sent and len(finished_trials(db)) >= 2:
+    def stop_midway(proc, out):
+        trials = read_trials(db)
+        ended = sum(t.state.is_finished() for t in trials)
+        # Best: a trial has ended and another is between epochs. ASHA always lets the first trial at a
+        # rung go on, so that moment comes; should the poll miss it, stop once three have ended.
+        midway = any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
+        if not sent and ((ended >= 1 and midway) or ended >= 3):
             proc.send_signal(signal.SIGTERM)
             sent.append(True)
 
-    first = run_study(args, watch=stop_after_two)
+    first = run_study(args, watch=stop_midway)
     assert sent and first.returncode == 130, first.stderr[-2000:]
     assert "--resume" in first.stderr
-    done_before = {t.number for t in finished_trials(db)}
-    assert 2 <= len(done_before) < 5
+    trials = read_trials(db)
+    done_before = {t.number for t in trials if t.state.is_finished()}
+    midway = {t.number for t in trials if t.state == TrialState.RUNNING and t.intermediate_values}
+    assert 1 <= len(done_before) < 5
+    # Tune keeps a checkpoint for each trial stopped between epochs (to continue it), none for an ended one.
+    checkpoints = {t.number: checkpoints_of(results / "smoke", t.user_attrs["ray_trial_id"])
+                   for t in trials if t.intermediate_values}
+    assert all(checkpoints[n] == [] for n in done_before), checkpoints
+    assert all(checkpoints[n] for n in midway), checkpoints
 
     again = run_study(["--study", "smoke", "--results-dir", str(results), "--no-final"])
     assert again.returncode == 2 and "--resume" in again.stderr and len(again.stderr.strip().splitlines()) == 1
@@ -42,10 +54,32 @@ def test_a_study_stopped_by_sigterm_resumes_with_no_lost_or_repeated_trial(tmp_p
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == 5
     for t in trials:
         assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs"] + 1))
-    # Trials finished before the stop were not started again.
+    # Trials finished before the stop were not started again; those stopped midway went on from their
+    # checkpoints (Tune's record of each trial has every epoch once, in order).
     restarted = {n for n in range(5) if f"trial {n} started" in second.stdout}
     assert not restarted & done_before
+    for t in trials:
+        assert tune_epochs(results / "smoke", t.user_attrs["ray_trial_id"]) == list(range(1, t.user_attrs["epochs"] + 1))
     assert len((results / "smoke" / "trials.csv").read_text().strip().splitlines()) == 1 + 5
+
+    # A search that ended with --no-final resumes into its final run alone.
+    third = run_study(args[:-3] + ["--resume"])
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert " started:" not in third.stdout and read_trials(db) == trials
+    summary = json.loads((results / "smoke" / "final" / "summary.json").read_text())
+    best = json.loads((results / "smoke" / "best.json").read_text())
+    assert summary["status"] == "completed"
+    assert {k: summary["config"][k] for k in best["params"]} == best["params"]
+    assert not list((results / "smoke").rglob("checkpoint_*"))  # nothing that will ever be resumed is kept
+
+
+def tune_epochs(study_root, ray_trial_id):
+    (trial_dir,) = study_root.glob(f"tune/*_{ray_trial_id}_*")
+    return [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
+
+
+def checkpoints_of(study_root, ray_trial_id):
+    return sorted(p.name for p in study_root.glob(f"tune/*_{ray_trial_id}_*/checkpoint_*"))
 
 
 def worker_running_a_trial(proc):
