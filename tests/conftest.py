@@ -180,6 +180,14 @@ def listening_sockets(pid: int) -> set:
     return found
 
 
+def in_own_netns(pid: int) -> bool:
+    """Whether process `pid` is in another network namespace than this one."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    except OSError:
+        return False
+
+
 def start_study(args: list[str], isolated: bool, env: dict | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "search.run", *args]
     if isolated:
@@ -205,7 +213,8 @@ def run_study(args: list[str], *, isolated: bool = False, timeout: float = 900, 
         while proc.poll() is None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"study {args} did not finish in {timeout} s")
-            listening |= listening_sockets(proc.pid)
+            if not isolated or in_own_netns(proc.pid):  # not the moment before `unshare -n` has run
+                listening |= listening_sockets(proc.pid)
             if watch is not None:
                 watch(proc, "".join(out))
             time.sleep(0.5)
