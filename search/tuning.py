@@ -53,7 +53,7 @@ def drop_checkpoint(trial: Any) -> None:
         return
     try:
         checkpoint.filesystem.delete_dir(checkpoint.path)
-    except (OSError, FileNotFoundError):  # already gone: nothing to free
+    except OSError:  # already gone: nothing to free
         pass
 
 
