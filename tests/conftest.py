@@ -21,6 +21,7 @@ import optuna
 import psutil
 import pytest
 import torch
+from sqlalchemy.exc import SQLAlchemyError
 
 from recipe.config import RecipeConfig
 
@@ -64,10 +65,6 @@ def write_torchvision_cifar100(root, n_train=200, n_test=100):
     return images
 
 
-def md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 @pytest.fixture
 def cifar100_server(tmp_path, monkeypatch):
     """torchvision's CIFAR100 downloading from a server on loopback that holds a small archive of the real layout.
@@ -89,7 +86,7 @@ def cifar100_server(tmp_path, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("no_proxy", "127.0.0.1")
     monkeypatch.setattr(CIFAR100, "url", f"http://127.0.0.1:{server.server_address[1]}/{CIFAR100.filename}")
-    monkeypatch.setattr(CIFAR100, "tgz_md5", md5(archive))
+    monkeypatch.setattr(CIFAR100, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
     sums = {name: md5_of_member(archive, name) for name in ("train", "test", "meta")}
     monkeypatch.setattr(CIFAR100, "train_list", [["train", sums["train"]]])
     monkeypatch.setattr(CIFAR100, "test_list", [["test", sums["test"]]])
@@ -122,11 +119,15 @@ def read_trials(db: Path, name: str = "smoke") -> list:
     """
     if not db.exists():
         return []
+    storage = None
     try:
         storage = optuna.storages.RDBStorage(f"sqlite:///file:{db}?mode=ro&uri=true", skip_table_creation=True)
         return optuna.load_study(study_name=name, storage=storage).get_trials()
-    except Exception:  # no study, or no tables, yet
+    except (KeyError, optuna.exceptions.OptunaError, SQLAlchemyError, RuntimeError):  # no study, or no tables, yet
         return []
+    finally:
+        if storage is not None:
+            storage.engine.dispose()  # a poller opens one every half second
 
 
 def isolated_network_available() -> bool:

@@ -14,6 +14,7 @@ import json
 import os
 import pty
 import re
+import select
 import shutil
 import signal
 import struct
@@ -293,16 +294,22 @@ def test_on_a_terminal_a_run_shows_a_progress_bar_per_epoch_and_still_its_epoch_
     proc = subprocess.Popen([sys.executable, "-m", "recipe.train", *tiny_flags(epochs=2), "--out", str(tmp_path / "run")],
                             cwd=REPO, stdin=secondary, stdout=secondary, stderr=secondary, close_fds=True)
     os.close(secondary)
-    seen = b""
-    while True:
-        try:
-            chunk = os.read(primary, 65536)
-        except OSError:  # EIO: the terminal's other side is closed, the program has ended
-            break
-        if not chunk:
-            break
-        seen += chunk
-    os.close(primary)
+    seen, deadline = b"", time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            if not select.select([primary], [], [], 1.0)[0]:
+                continue
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the terminal's other side is closed, the program has ended
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
     assert proc.wait(timeout=300) == 0, seen.decode(errors="replace")
     text = seen.decode(errors="replace")
     steps = 128 // tiny_config().batch_size
