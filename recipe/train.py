@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-try:  # only for the progress bar on a terminal: training needs no more than torch, torchvision, plotly
+try:  # only for the progress bar on a terminal: training needs no more than torch and torchvision
     from tqdm import tqdm
 except ImportError:
     tqdm = None
@@ -29,7 +29,6 @@ from recipe import checkpoint
 from recipe.checkpoint import CheckpointError
 from recipe.cli import Parser, add_config_flags, fail, given_settings
 from recipe.config import RESUME_MAY_DIFFER, SEARCHED, ConfigError, RecipeConfig, RecipeError
-from recipe.curves import write_run_curves
 from recipe.data import cifar100_present, load_splits
 from recipe.engine import DeviceData, LoaderData, evaluate, train_epoch
 from recipe.model import ResNet34
@@ -87,6 +86,19 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: RecipeConfig, steps
         optimizer, max_lr=config.lr, total_steps=steps, pct_start=config.pct_start,
         div_factor=config.div_factor, final_div_factor=config.final_div_factor, cycle_momentum=config.cycle_momentum,
     )
+
+
+def plotly_available() -> bool:
+    """Whether curves.html can be drawn: plotly is the one package training can do without."""
+    try:
+        import plotly  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def git_commit() -> str | None:
@@ -203,6 +215,9 @@ def train(
         history = list(state["history"])
         best_acc, best_epoch, wall_before = state["best_acc"], state["best_epoch"], state["wall_time_s"]
 
+    if curves and not plotly_available():
+        (log or _stderr)("plotly is not installed: curves.html is skipped (pip install plotly to draw it)")
+        curves = False
     title = f"{out.name}: ResNet34 (width {config.width}), lr {config.lr:g}, wd {config.weight_decay:g}"
 
     def summary(status: str, wall: float) -> dict[str, Any]:
@@ -229,6 +244,8 @@ def train(
         result = summary(status, wall)
         checkpoint.write_json(out / "summary.json", result)
         if curves and history:
+            from recipe.curves import write_run_curves
+
             write_run_curves(history, out / "curves.html", title, splits.eval_name)
         return result
 
@@ -416,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{summary['status']}: {summary['epochs_run']}/{summary['epochs']} epochs, final {summary['eval_set']} accuracy "
         f"{100 * (summary['final_eval_acc'] or 0):.2f}%, best {100 * (best or 0):.2f}% (epoch {summary['best_epoch']}), "
-        f"{summary['wall_time_s']:.0f}s; curves: {out / 'curves.html'}"
+        f"{summary['wall_time_s']:.0f}s" + (f"; curves: {out / 'curves.html'}" if (out / "curves.html").exists() else "")
     )
     return 0 if summary["status"] == "completed" else 1
 

@@ -592,3 +592,17 @@ def test_report_of_an_unknown_study_lists_the_studies_there(work, capsys):
     result = call(report.main, ["--results-dir", str(results), "--study", "gamma"], capsys)
     assert_usage_error(result, "--study gamma", "no such study directory", "studies there: alpha, beta")
     assert tree(work) == before
+
+
+def test_training_needs_no_plotly_and_says_once_that_curves_are_skipped(tmp_path):
+    # A GPU machine's image often has torch but not plotly: the recipe (and its bench) must run there.
+    hide = "import sys; sys.modules['plotly'] = None; import runpy; sys.argv[0] = 'recipe.train'; "
+    proc = subprocess.run([sys.executable, "-c", hide + "runpy.run_module('recipe.train', run_name='__main__')",
+                           *tiny_flags(epochs=2), "--out", str(tmp_path / "run")],
+                          cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    said = (proc.stdout + proc.stderr).count("curves.html is skipped")
+    assert said == 1, (proc.stdout, proc.stderr)
+    assert "completed: 2/2 epochs" in proc.stdout and "curves:" not in proc.stdout
+    assert len(read_metrics(tmp_path / "run")) == 2 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    assert not (tmp_path / "run" / "curves.html").exists()
