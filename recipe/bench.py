@@ -26,7 +26,7 @@ from recipe.config import RecipeConfig, RecipeError
 from recipe.data import Arrays, synthetic
 from recipe.engine import DeviceData, LoaderData, train_epoch
 from recipe.model import ResNet34
-from recipe.train import amp_dtype, device_name, make_optimizer, make_scheduler, resolve_device, use_channels_last
+from recipe.train import amp_dtype, device_name, make_optimizer, make_scheduler, resolve_device, tune_backends, use_channels_last
 
 
 def _sync(device: torch.device) -> None:
@@ -42,6 +42,7 @@ def _forever(make_epoch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 def run(config: RecipeConfig, steps: int, warmup: int) -> dict:
     """Images per second of each path, with the setup `config` describes."""
     device = resolve_device(config)
+    tune_backends(device)
     channels_last = use_channels_last(config, device)
     dtype = amp_dtype(config, device)
     train, _ = synthetic()
