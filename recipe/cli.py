@@ -6,12 +6,15 @@ import dataclasses
 import sys
 from typing import Any, Iterable, NoReturn
 
-from recipe.config import AMP_MODES, DEVICES, PIPELINES, SWITCHES, RecipeConfig
+from recipe.config import AMP_MODES, COMPILE_MODES, DEVICES, PIPELINES, SWITCHES, RecipeConfig
 
 USAGE_ERROR = 2
 
 METAVARS = {"data": "SOURCE", "data_dir": "DIR", "int": "N", "float": "X"}
-CHOICES = {"device": DEVICES, "pipeline": PIPELINES, "amp": AMP_MODES, "channels_last": SWITCHES}
+CHOICES = {"device": DEVICES, "pipeline": PIPELINES, "amp": AMP_MODES, "channels_last": SWITCHES,
+           "compile": COMPILE_MODES}
+# Flags whose value may be left out: --compile alone means torch.compile's default mode.
+BARE_VALUE = {"compile": "default"}
 
 
 class Parser(argparse.ArgumentParser):
@@ -43,7 +46,8 @@ def add_config_flags(parser: argparse.ArgumentParser, names: Iterable[str] | Non
             group.add_argument(flag(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             kind = {"int": int, "float": float, "str": str}[f.type]
-            group.add_argument(flag(name), dest=name, type=kind, default=None, choices=CHOICES.get(name),
+            bare = {"nargs": "?", "const": BARE_VALUE[name]} if name in BARE_VALUE else {}
+            group.add_argument(flag(name), dest=name, type=kind, default=None, choices=CHOICES.get(name), **bare,
                                metavar=None if name in CHOICES else METAVARS.get(name, METAVARS.get(f.type, 'S')), help=help_text)
 
 

@@ -25,6 +25,9 @@ PIPELINES = ("fast", "classic")
 DEVICES = ("auto", "cpu", "cuda")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 SWITCHES = ("auto", "on", "off")
+# torch.compile's modes for the training step; "off" trains eagerly. reduce-overhead replays the
+# step as CUDA graphs (on CUDA; elsewhere it compiles like default).
+COMPILE_MODES = ("off", "default", "max-autotune-no-cudagraphs", "reduce-overhead")
 
 
 class RecipeError(Exception):
@@ -77,9 +80,14 @@ class RecipeConfig:
     workers: int = _f(4, "DataLoader worker processes of the classic pipeline")
     amp: str = _f("auto", "autocast: 'auto' (bf16 on CUDA, off on CPU), 'bf16', 'fp16' (with a grad scaler) or 'off'")
     channels_last: str = _f("auto", "channels_last memory format: 'auto' (on for CUDA), 'on' or 'off'")
-    compile: bool = _f(False, "torch.compile the model")
+    compile: str = _f(
+        "off", "torch.compile the training step: 'off', 'default', 'max-autotune-no-cudagraphs' or 'reduce-overhead' "
+        "(CUDA graphs); --compile alone is 'default'"
+    )
 
     def __post_init__(self) -> None:
+        if isinstance(self.compile, bool):  # config.json and checkpoints from before compile had modes
+            object.__setattr__(self, "compile", "default" if self.compile else "off")
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             expected = {"int": int, "float": (int, float), "bool": bool, "str": str}[f.type]
@@ -115,6 +123,7 @@ class RecipeConfig:
             ("workers", self.workers >= 0, "must be >= 0"),
             ("amp", self.amp in AMP_MODES, f"must be one of {', '.join(AMP_MODES)}"),
             ("channels_last", self.channels_last in SWITCHES, f"must be one of {', '.join(SWITCHES)}"),
+            ("compile", self.compile in COMPILE_MODES, f"must be one of {', '.join(COMPILE_MODES)}"),
         ]
         for name, ok, rule in checks:
             if not ok:

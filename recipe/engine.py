@@ -97,21 +97,77 @@ def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abst
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def train_epoch(
-    model: nn.Module,
-    batches: Batches,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loss_fn: nn.Module,
-    *,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    scaler: torch.amp.GradScaler | None,
-    grad_clip: float,
-    on_step: Callable[[], None] | None = None,
-) -> EpochResult:
+class TrainStep:
+    """One optimisation step on a batch: forward, loss, backward, clipping, SGD, OneCycle.
+
+    Eager (mode "off"), or with the forward and its loss through torch.compile in one of its modes,
+    which compiles the backward with it. The graph is compiled once per batch shape (dynamic=False:
+    an epoch's last, smaller batch compiles once, in the first epoch, and is never dropped) and holds
+    no value that changes during a run: clipping, SGD and the schedule stay outside it, as fused or
+    foreach kernels, so a new lr every step changes no graph and a CUDA graph replay
+    (reduce-overhead) can capture nothing stale. A step returns the loss and the count of right
+    predictions as device tensors: nothing waits for the device.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        loss_fn: nn.Module,
+        *,
+        device: torch.device,
+        amp_dtype: torch.dtype | None,
+        scaler: torch.amp.GradScaler | None,
+        grad_clip: float,
+        mode: str = "off",
+        backend: str = "inductor",
+    ) -> None:
+        self.model, self.optimizer, self.scheduler, self.loss_fn = model, optimizer, scheduler, loss_fn
+        self.device, self.amp_dtype, self.scaler, self.grad_clip = device, amp_dtype, scaler, grad_clip
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self._forward = self._forward_loss
+        if mode != "off":
+            # One training at a time per process: drop what earlier ones compiled, or a process that trains
+            # run after run (a Ray worker reused for trial after trial) reaches Dynamo's recompile limit
+            # and silently falls back to eager.
+            torch._dynamo.reset()
+            # torch.compile takes a mode only with its default backend (tests compile with others).
+            options = {"mode": None if mode == "default" else mode} if backend == "inductor" else {}
+            self._forward = torch.compile(self._forward_loss, dynamic=False, backend=backend, **options)
+        self._new_graph_step = mode == "reduce-overhead" and device.type == "cuda"
+
+    def _forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(self.device, self.amp_dtype):
+            logits = self.model(x)
+            loss = self.loss_fn(logits.float(), y)
+        return loss, (logits.detach().argmax(1) == y).sum()
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._new_graph_step:  # the last step's CUDA graph outputs may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
+        loss, correct = self._forward(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:  # fp16 on GPUs without native bf16
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.params, self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), correct
+
+
+def train_epoch(step: TrainStep, batches: Batches, *, device: torch.device,
+                on_step: Callable[[], None] | None = None) -> EpochResult:
     """One pass over the batches; stops early, with diverged=True, at a non-finite loss."""
-    model.train()
+    step.model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.int64)
     seen = 0
@@ -119,28 +175,11 @@ def train_epoch(
     # Where the device is not the host, the step reads a host copy the device fills without a wait.
     bad_host = torch.zeros((), dtype=torch.bool, pin_memory=True) if device.type == "cuda" else None
     for x, y in batches:
-        with autocast(device, amp_dtype):
-            logits = model(x)
-            loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        loss = loss.detach()
+        loss, right = step(x, y)
         n = y.shape[0]
         seen += n
         loss_sum += loss.double() * n
-        correct += (logits.detach().argmax(1) == y).sum()
+        correct += right
         step_bad = ~torch.isfinite(loss)
         bad |= step_bad
         if on_step is not None:

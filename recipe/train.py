@@ -30,7 +30,7 @@ from recipe.checkpoint import CheckpointError
 from recipe.cli import Parser, add_config_flags, fail, given_settings
 from recipe.config import RESUME_MAY_DIFFER, SEARCHED, ConfigError, RecipeConfig, RecipeError
 from recipe.data import cifar100_present, load_splits
-from recipe.engine import DeviceData, LoaderData, evaluate, train_epoch
+from recipe.engine import DeviceData, LoaderData, TrainStep, evaluate, train_epoch
 from recipe.model import ResNet34
 
 METRIC_COLUMNS = ("epoch", "lr", "train_loss", "train_acc", "eval_loss", "eval_acc", "epoch_time_s", "images_per_s")
@@ -79,11 +79,22 @@ def steps_per_epoch(config: RecipeConfig, train_images: int) -> int:
     return math.ceil(train_images / config.batch_size)
 
 
-def make_optimizer(model: nn.Module, config: RecipeConfig) -> torch.optim.SGD:
+def make_optimizer(model: nn.Module, config: RecipeConfig, device: torch.device | None = None) -> torch.optim.SGD:
+    """SGD, with fused kernels on CUDA (one launch for all parameters; elsewhere torch's default)."""
+    fused = device is not None and device.type == "cuda"
     return torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
-        weight_decay=config.weight_decay,
+        weight_decay=config.weight_decay, fused=fused or None,
     )
+
+
+def check_schedule(config: RecipeConfig, steps: int) -> None:
+    # torch's OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step is a crash.
+    if float(config.pct_start * steps) - 1 == 0:
+        raise ConfigError(
+            f"epochs: OneCycle cannot warm up over exactly 1 step (pct_start {config.pct_start:g} x {steps} steps); "
+            f"change the epochs, the training images or the batch size"
+        )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: RecipeConfig, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
@@ -92,6 +103,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, config: RecipeConfig, steps
     Built from the run's full length (never from a rung of a search), so two runs with the
     same epochs are at the same point of the same schedule at every epoch.
     """
+    check_schedule(config, steps)
     return torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=config.lr, total_steps=steps, pct_start=config.pct_start,
         div_factor=config.div_factor, final_div_factor=config.final_div_factor, cycle_momentum=config.cycle_momentum,
@@ -109,6 +121,24 @@ def plotly_available() -> bool:
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def make_step(model: nn.Module, config: RecipeConfig, device: torch.device, total_steps: int, *,
+              state: dict[str, Any] | None = None, compile_backend: str = "inductor") -> TrainStep:
+    """The training step of the recipe for `model`: SGD, OneCycle over total_steps, the loss, autocast;
+    with the optimizer, schedule and scaler of a checkpoint's `state` when resuming."""
+    dtype = amp_dtype(config, device)
+    optimizer = make_optimizer(model, config, device)
+    scheduler = make_scheduler(optimizer, config, total_steps)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+    return TrainStep(model, optimizer, scheduler, nn.CrossEntropyLoss(label_smoothing=config.label_smoothing),
+                     device=device, amp_dtype=dtype, scaler=scaler, grad_clip=config.grad_clip, mode=config.compile,
+                     backend=compile_backend)
 
 
 def git_commit() -> str | None:
@@ -157,6 +187,7 @@ def train(
     progress: bool = False,
     curves: bool = True,
     keep_best: bool = True,
+    compile_backend: str = "inductor",
 ) -> dict[str, Any]:
     """Train the recipe as `config` says and write the run into `out_dir`; return the summary.
 
@@ -165,7 +196,8 @@ def train(
     diverged, which is not checkpointed. With resume=True the run continues from
     out_dir/checkpoints/last.pt and ends exactly where an uninterrupted run would. Bad input
     raises a RecipeError before anything is written. curves=False skips curves.html and
-    keep_best=False skips checkpoints/best.pt (a search's trials need neither).
+    keep_best=False skips checkpoints/best.pt (a search's trials need neither). compile_backend is
+    torch.compile's backend where config.compile asks for compilation (tests use "aot_eager").
     """
     out = Path(out_dir)
     ckpt_dir = out / "checkpoints"
@@ -180,6 +212,8 @@ def train(
     elif last_path.exists():
         raise RunDirError(f"{out}: holds a run already; add --resume to continue it, or choose another --out")
     splits = load_splits(config)
+    steps = steps_per_epoch(config, len(splits.train))
+    check_schedule(config, config.epochs * steps)
     try:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.write_text(out / "config.json", config.to_json() + "\n")
@@ -196,12 +230,6 @@ def train(
     model = ResNet34(width=config.width, dropout=config.dropout).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    step_model = torch.compile(model) if config.compile else model
-    optimizer = make_optimizer(model, config)
-    steps = steps_per_epoch(config, len(splits.train))
-    scheduler = make_scheduler(optimizer, config, config.epochs * steps)
-    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     if config.pipeline == "fast":
         train_data, eval_data = DeviceData(splits.train, device, channels_last), DeviceData(splits.eval, device, channels_last)
@@ -216,15 +244,12 @@ def train(
     best_acc, best_epoch, wall_before = -1.0, 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if device.type == "cuda" and state["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state(state["rng"]["cuda"].cpu(), device)
         history = list(state["history"])
         best_acc, best_epoch, wall_before = state["best_acc"], state["best_epoch"], state["wall_time_s"]
+    step = make_step(model, config, device, config.epochs * steps, state=state, compile_backend=compile_backend)
 
     if curves and not plotly_available():
         (log or _stderr)("plotly is not installed: curves.html is skipped (pip install plotly to draw it)")
@@ -269,22 +294,19 @@ def train(
             if progress and tqdm is not None:
                 bar = tqdm(total=steps, desc=f"epoch {epoch}/{config.epochs}", leave=False, unit="step")
             t0 = time.perf_counter()
-            result = train_epoch(
-                step_model, train_batches(), optimizer, scheduler, loss_fn, device=device, amp_dtype=dtype,
-                scaler=scaler, grad_clip=config.grad_clip, on_step=bar.update if bar else None,
-            )
+            result = train_epoch(step, train_batches(), device=device, on_step=bar.update if bar else None)
             t_train = time.perf_counter() - t0
             if bar is not None:
                 bar.close()
             if result.diverged:
                 eval_loss = eval_acc = float("nan")
             else:
-                eval_loss, eval_acc = evaluate(step_model, eval_batches(), device=device, amp_dtype=dtype)
+                eval_loss, eval_acc = evaluate(model, eval_batches(), device=device, amp_dtype=dtype)
             if device.type == "cuda":
                 torch.cuda.empty_cache()  # the seed's cache clearing, once per epoch, outside the step loop
             row = {
                 "epoch": epoch,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": step.optimizer.param_groups[0]["lr"],
                 "train_loss": result.loss,
                 "train_acc": result.acc,
                 "eval_loss": eval_loss,
@@ -311,9 +333,9 @@ def train(
                 "config": config.to_dict(),
                 "epoch": epoch,
                 "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else {},
+                "optimizer": step.optimizer.state_dict(),
+                "scheduler": step.scheduler.state_dict(),
+                "scaler": step.scaler.state_dict() if step.scaler is not None else {},
                 # The training device's generator only: a resume may see another number of GPUs.
                 "rng": {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},

@@ -37,3 +37,24 @@ def test_unknown_setting_is_an_error():
 
 def test_int_is_accepted_where_a_float_is_expected():
     assert RecipeConfig(lr=1).lr == 1.0 and isinstance(RecipeConfig(lr=1).lr, float)
+
+
+def test_compile_is_a_mode_and_older_true_or_false_still_loads():
+    assert RecipeConfig().compile == "off"
+    assert RecipeConfig(compile="reduce-overhead").compile == "reduce-overhead"
+    # config.json and checkpoints written when compile was a switch
+    assert RecipeConfig.from_json('{"compile": true}').compile == "default"
+    assert RecipeConfig.from_json('{"compile": false}').compile == "off"
+    with pytest.raises(ConfigError, match="^compile: must be one of off, default, max-autotune-no-cudagraphs, "):
+        RecipeConfig(compile="fastest")
+
+
+def test_the_compile_flag_alone_means_the_default_mode():
+    from recipe.cli import Parser, add_config_flags, given_settings
+
+    parser = Parser()
+    add_config_flags(parser, ["compile"])
+    assert given_settings(parser.parse_args(["--compile"])) == {"compile": "default"}
+    assert given_settings(parser.parse_args(["--compile", "max-autotune-no-cudagraphs"])) == {
+        "compile": "max-autotune-no-cudagraphs"}
+    assert given_settings(parser.parse_args([])) == {}

@@ -6,7 +6,7 @@ import torch
 
 from recipe import checkpoint
 from recipe.checkpoint import CheckpointError
-from recipe.config import RecipeConfig
+from recipe.config import RecipeConfig, RecipeError
 from recipe.train import RunDirError, amp_dtype, train
 
 from conftest import tiny_config
@@ -158,3 +158,11 @@ def test_amp_auto_is_bf16_on_gpus_that_do_it_natively_fp16_on_older_ones_and_off
     assert amp_dtype(RecipeConfig(), torch.device("cpu")) is None
     assert amp_dtype(RecipeConfig(amp="bf16"), torch.device("cpu")) == torch.bfloat16
     assert amp_dtype(RecipeConfig(amp="off"), cuda) is None
+
+
+def test_a_schedule_that_would_warm_up_over_exactly_one_step_is_refused_before_anything_is_written(tmp_path):
+    # 160 images at batch 32 for 2 epochs: 10 steps, a 10% warm-up of exactly 1 step, where torch's OneCycleLR
+    # divides by zero.
+    with pytest.raises(RecipeError, match="^epochs: OneCycle cannot warm up over exactly 1 step"):
+        train(tiny_config(subset=160, batch_size=32, epochs=2), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
