@@ -1,32 +1,55 @@
-"""Training throughput: the model step alone, the fast path and the classic path.
+"""Training throughput: every speed question about the recipe's step, answered by measurement.
 
-python -m recipe.bench [--width 64] [--batch-size 128] [--steps N] [--device auto] [--json PATH]
+    python -m recipe.bench [SETUP] [--paths model-step,fast,classic,eval]   the paths, in this process
+    python -m recipe.bench [SETUP] --concurrent N         N processes training at once on one device
+    python -m recipe.bench --suite                        everything below, each in its own process
 
-Each path runs the trainer's own step (engine.train_epoch: forward, loss, backward, clipping,
-SGD, OneCycle) on synthetic CIFAR-shaped data after a warm-up, timed between two device
-synchronisations. "model step" feeds one batch that already sits on the device, normalised,
-so it is the ceiling the two data paths are measured against.
+Each training path runs the trainer's own step (engine.TrainStep: forward, loss, backward,
+clipping, SGD, OneCycle) on synthetic CIFAR-shaped data, timed between two device
+synchronisations after untimed warm-up steps (which also compile, where the setup compiles).
+"model-step" feeds one batch already on the device, normalised: the ceiling of the data paths.
+"fast" is the default pipeline (dataset on the device, batched augmentation); "classic" is
+torchvision transforms on PIL images in a DataLoader. "eval" is the evaluation pass, in images/s.
+
+The suite measures: the seed's style (classic, fp32, contiguous), classic with the recipe's CUDA
+settings, the model step, fast eager, fast compiled in each torch.compile mode (on a CPU only the
+default mode: the others differ only on a GPU), evaluation, and 1, 2 and 4 processes training at
+once on one device (1 and 2 on a CPU) (Ray's fractional-GPU trials), also under CUDA MPS where
+nvidia-cuda-mps-control exists (the bench starts and stops its own daemon). Every measurement is a
+record of the JSON report, with its setup; one that fails or runs out of time says so and the
+suite goes on.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
 import itertools
 import json
 import os
+import platform
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
-from torch import nn
 
 from recipe.checkpoint import write_json
-from recipe.cli import Parser, add_config_flags, fail, given_settings
+from recipe.cli import Parser, fail, flag, add_config_flags, given_settings
 from recipe.config import RecipeConfig, RecipeError
 from recipe.data import Arrays, synthetic
-from recipe.engine import DeviceData, LoaderData, train_epoch
+from recipe.engine import DeviceData, LoaderData, evaluate, train_epoch
 from recipe.model import ResNet34
-from recipe.train import amp_dtype, device_name, make_optimizer, make_scheduler, resolve_device, tune_backends, use_channels_last
+from recipe.train import amp_dtype, device_name, make_step, resolve_device, tune_backends, use_channels_last
+
+PATHS = ("model-step", "fast", "classic", "eval")
+SETUP = ("width", "batch_size", "device", "workers", "amp", "channels_last", "compile")
+SUITE_CONCURRENCY = {"cuda": (1, 2, 4), "cpu": (1, 2)}  # on a CPU, processes only share its cores
+EVAL_IMAGES = {"cuda": 10_000, "cpu": 2_000}
+MPS_CONTROL = "nvidia-cuda-mps-control"
 
 
 def _sync(device: torch.device) -> None:
@@ -34,70 +57,273 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _forever(make_epoch) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _forever(make_epoch: Callable[[], Iterator]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     while True:
         yield from make_epoch()
 
 
-def run(config: RecipeConfig, steps: int, warmup: int) -> dict:
-    """Images per second of each path, with the setup `config` describes."""
+def _repeat(arrays: Arrays, n: int) -> Arrays:
+    reps = -(-n // len(arrays))
+    return Arrays(arrays.x.repeat(reps, 0)[:n], arrays.y.repeat(reps, 0)[:n]) if n != len(arrays) else arrays
+
+
+def setup_of(config: RecipeConfig, device: torch.device) -> dict[str, Any]:
+    """What a measurement ran with, as the recipe resolved it on this device."""
+    dtype = amp_dtype(config, device)
+    return {"width": config.width, "batch_size": config.batch_size, "amp": str(dtype).replace("torch.", "") if dtype else "off",
+            "channels_last": use_channels_last(config, device), "compile": config.compile, "workers": config.workers}
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env = {"device": device_name(device), "torch": torch.__version__, "python": platform.python_version(),
+           "host_cpus": os.cpu_count()}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env |= {"cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+                "gpu_memory_mib": props.total_memory // 2**20}
+    return env
+
+
+def measure(config: RecipeConfig, path: str, steps: int, warmup: int, *, compile_backend: str = "inductor",
+            barrier: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Images per second of one path with the setup `config` describes, in this process.
+
+    barrier() runs between the warm-up and the timed steps (concurrent processes start together).
+    """
     device = resolve_device(config)
     tune_backends(device)
     channels_last = use_channels_last(config, device)
-    dtype = amp_dtype(config, device)
-    train, _ = synthetic()
-    needed = (steps + warmup) * config.batch_size
-    reps = -(-needed // len(train))
-    arrays = Arrays(train.x.repeat(reps, 0)[:needed], train.y.repeat(reps, 0)[:needed]) if reps > 1 else train
     torch.manual_seed(config.seed)
+    model = ResNet34(width=config.width, dropout=config.dropout).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    record = {"path": path, **setup_of(config, device), "steps": steps, "warmup": warmup}
 
-    fast = DeviceData(arrays, device, channels_last)
-    classic = LoaderData(arrays, device, config.workers, True, config.batch_size, config.erasing_p, channels_last)
-    x0, y0 = next(fast.train_batches(config.batch_size, config.erasing_p))
-    paths = {
-        "model step": lambda: itertools.repeat((x0, y0)),
-        "fast path": lambda: _forever(lambda: fast.train_batches(config.batch_size, config.erasing_p)),
-        "classic path": lambda: _forever(lambda: iter(classic)),
-    }
-    results = []
-    for name, batches in paths.items():
-        model = ResNet34(width=config.width, dropout=config.dropout).to(device)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        step_model = torch.compile(model) if config.compile else model
-        optimizer = make_optimizer(model, config)
-        scheduler = make_scheduler(optimizer, config, steps + warmup)
-        scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-        source = batches()
-
-        def steps_of(n: int) -> None:
-            train_epoch(step_model, itertools.islice(source, n), optimizer, scheduler, loss_fn, device=device,
-                        amp_dtype=dtype, scaler=scaler, grad_clip=config.grad_clip)
-
-        steps_of(warmup)
+    if path == "eval":
+        _, test = synthetic()
+        n_eval = EVAL_IMAGES.get(device.type, EVAL_IMAGES["cpu"])
+        data = DeviceData(_repeat(test, n_eval), device, channels_last)
+        dtype = amp_dtype(config, device)
+        passes = lambda n: [evaluate(model, data.eval_batches(4 * config.batch_size), device=device,  # noqa: E731
+                                     amp_dtype=dtype) for _ in range(n)]
+        passes(max(warmup, 1))
+        barrier()
         _sync(device)
-        t0 = time.perf_counter()
-        steps_of(steps)
+        t0, wall0 = time.perf_counter(), time.time()
+        passes(steps)
         _sync(device)
         seconds = time.perf_counter() - t0
-        results.append({"path": name, "images_per_s": steps * config.batch_size / seconds,
-                        "ms_per_step": 1000 * seconds / steps})
-    for r in results:
-        r["vs_model_step"] = r["images_per_s"] / results[0]["images_per_s"]
-    return {
-        "device": device_name(device),
-        "torch": torch.__version__,
-        "width": config.width,
-        "batch_size": config.batch_size,
-        "amp": str(dtype).replace("torch.", "") if dtype else "off",
-        "channels_last": channels_last,
-        "compile": config.compile,
-        "workers": config.workers,
-        "steps": steps,
-        "warmup": warmup,
-        "results": results,
-    }
+        return record | {"images": steps * n_eval, "images_per_s": steps * n_eval / seconds,
+                         "seconds_per_10k": seconds / steps * 10_000 / n_eval, "t_start": wall0, "t_end": time.time()}
+
+    train, _ = synthetic()
+    arrays = _repeat(train, (steps + warmup) * config.batch_size)  # whole batches only: one shape throughout
+    if path == "model-step":
+        x0, y0 = next(DeviceData(arrays, device, channels_last).train_batches(config.batch_size, config.erasing_p))
+        source: Iterator = itertools.repeat((x0, y0))
+    elif path == "fast":
+        fast = DeviceData(arrays, device, channels_last)
+        source = _forever(lambda: fast.train_batches(config.batch_size, config.erasing_p))
+    elif path == "classic":
+        classic = LoaderData(arrays, device, config.workers, True, config.batch_size, config.erasing_p, channels_last)
+        source = _forever(lambda: iter(classic))
+    else:
+        raise ValueError(f"unknown path {path!r}")
+    # The schedule's length changes what the lr is, not how fast a step runs: long enough for any warm-up.
+    step = make_step(model, config, device, max(steps + warmup, 100), compile_backend=compile_backend)
+
+    def steps_of(n: int) -> None:
+        train_epoch(step, itertools.islice(source, n), device=device)
+
+    t0 = time.perf_counter()
+    steps_of(warmup)
+    _sync(device)
+    warmup_s = time.perf_counter() - t0
+    barrier()
+    t0, wall0 = time.perf_counter(), time.time()
+    steps_of(steps)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    record |= {"images": steps * config.batch_size, "images_per_s": steps * config.batch_size / seconds,
+               "ms_per_step": 1000 * seconds / steps, "warmup_s": warmup_s, "t_start": wall0, "t_end": time.time()}
+    if config.compile != "off":
+        # What the warm-up cost beyond as many steady steps: compilation (and CUDA graph recording).
+        record["compile_s"] = max(0.0, warmup_s - warmup * seconds / steps)
+    return record
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+def _child_argv(config: RecipeConfig, path: str, steps: int, warmup: int, backend: str) -> list[str]:
+    argv = [sys.executable, "-m", "recipe.bench", "--paths", path, "--steps", str(steps), "--warmup", str(warmup),
+            "--compile-backend", backend]
+    for name in SETUP:
+        argv += [flag(name), str(getattr(config, name))]
+    return argv
+
+
+def _read_child(json_path: Path) -> dict[str, Any]:
+    return json.loads(json_path.read_text())["measurements"][0]
+
+
+def _failure(proc: subprocess.CompletedProcess | None, timeout: float | None = None) -> str:
+    if proc is None:
+        return f"timed out after {timeout:.0f} s"
+    lines = [line for line in (proc.stderr or "").strip().splitlines() if line.strip()]
+    return f"failed (exit {proc.returncode}): {lines[-1] if lines else 'no message'}"
+
+
+def in_subprocess(config: RecipeConfig, path: str, steps: int, warmup: int, backend: str, timeout: float) -> dict[str, Any]:
+    """One measurement in a fresh process (its own compile caches and device memory), within `timeout` seconds."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "m.json"
+        try:
+            proc = subprocess.run([*_child_argv(config, path, steps, warmup, backend), "--json", str(out)],
+                                  capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return {"path": path, **_setup_dict(config), "status": _failure(None, timeout)}
+        if proc.returncode != 0 or not out.exists():
+            return {"path": path, **_setup_dict(config), "status": _failure(proc)}
+        return _read_child(out) | {"status": "ok"}
+
+
+def _setup_dict(config: RecipeConfig) -> dict[str, Any]:
+    return setup_of(config, resolve_device(config))
+
+
+def mps_available(device: torch.device) -> bool:
+    return device.type == "cuda" and shutil.which(MPS_CONTROL) is not None
+
+
+class MpsDaemon:
+    """A CUDA MPS control daemon of our own (own pipe and log directories), stopped on exit."""
+
+    def __init__(self, root: Path) -> None:
+        self.env = os.environ | {"CUDA_MPS_PIPE_DIRECTORY": str(root / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(root / "log")}
+        (root / "pipe").mkdir()
+        (root / "log").mkdir()
+
+    def __enter__(self) -> "MpsDaemon":
+        subprocess.run([MPS_CONTROL, "-d"], env=self.env, check=True, capture_output=True, timeout=30)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        subprocess.run([MPS_CONTROL], input="quit\n", env=self.env, capture_output=True, text=True, timeout=30)
+
+
+def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: str, timeout: float,
+               mps: bool = False) -> dict[str, Any]:
+    """n processes training the fast path at once on one device: aggregate and per-process images/s.
+
+    The processes warm up, wait for each other, then run their timed steps together; the aggregate is
+    all their images over the time from the first start to the last end.
+    """
+    record: dict[str, Any] = {"path": "fast", **_setup_dict(config), "processes": n, "mps": mps}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        root = Path(tmp)
+        go = root / "go"
+        env = None
+        if mps:
+            try:
+                env = stack.enter_context(MpsDaemon(root)).env
+            except (OSError, subprocess.SubprocessError) as e:
+                return record | {"status": f"failed: could not start the MPS daemon ({e})"}
+        procs: list[subprocess.Popen] = []
+        stack.callback(lambda: [(p.kill(), p.wait()) for p in procs if p.poll() is None])
+        for i in range(n):
+            argv = [*_child_argv(config, "fast", steps, warmup, backend), "--json", str(root / f"{i}.json"),
+                    "--ready-file", str(root / f"ready{i}"), "--go-file", str(go)]
+            procs.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + timeout
+        while not all((root / f"ready{i}").exists() for i in range(n)):
+            if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        go.touch()
+        errors = []
+        for p in procs:
+            try:
+                _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return record | {"status": f"timed out after {timeout:.0f} s"}
+            if p.returncode != 0:
+                errors.append(_failure(subprocess.CompletedProcess(p.args, p.returncode, "", err)))
+        if errors:
+            return record | {"status": errors[0]}
+        parts = [_read_child(root / f"{i}.json") for i in range(n)]
+    span = max(p["t_end"] for p in parts) - min(p["t_start"] for p in parts)
+    images = sum(p["images"] for p in parts)
+    return record | {"status": "ok", "images": images, "images_per_s": images / span,
+                     "per_process_images_per_s": [p["images_per_s"] for p in parts],
+                     "ms_per_step": sum(p["ms_per_step"] for p in parts) / n, "steps": steps, "warmup": warmup}
+
+
+# --- the suite ---------------------------------------------------------------------------------
+
+def suite_plan(config: RecipeConfig, device: torch.device) -> list[tuple[str, RecipeConfig, str]]:
+    """(name, setup, path) of every single-process measurement of the suite, in order."""
+    eager = config.replace(compile="off")
+    modes = ("default", "max-autotune-no-cudagraphs", "reduce-overhead") if device.type == "cuda" else ("default",)
+    return [
+        ("seed style: classic, fp32, contiguous", eager.replace(amp="off", channels_last="off"), "classic"),
+        ("classic, recipe settings", eager, "classic"),
+        ("model step (ceiling)", eager, "model-step"),
+        ("fast, eager", eager, "fast"),
+        *[(f"fast, compiled ({mode})", config.replace(compile=mode), "fast") for mode in modes],
+        ("evaluation", eager, "eval"),
+    ]
+
+
+def run_suite(config: RecipeConfig, steps: int, warmup: int, backend: str, timeout: float,
+              log: Callable[[str], None]) -> list[dict[str, Any]]:
+    device = resolve_device(config)
+    eager = config.replace(compile="off")
+    records = []
+    for name, setup, path in suite_plan(config, device):
+        log(f"measuring: {name}")
+        records.append({"name": name} | in_subprocess(setup, path, steps, warmup, backend, timeout))
+    mps = [False, True] if mps_available(device) else [False]
+    for use_mps in mps:
+        for n in SUITE_CONCURRENCY.get(device.type, SUITE_CONCURRENCY["cpu"]):
+            if use_mps and n == 1:
+                continue
+            name = f"{n} process{'es' * (n > 1)} at once{' under MPS' if use_mps else ''}"
+            log(f"measuring: {name}")
+            records.append({"name": name} | concurrent(eager, n, steps, warmup, backend, timeout, mps=use_mps))
+    return records
+
+
+# --- report ------------------------------------------------------------------------------------
+
+def _name(r: dict[str, Any]) -> str:
+    if "name" in r:
+        return r["name"]
+    extra = f", compiled ({r['compile']})" if r.get("compile", "off") != "off" else ""
+    return f"{r['path']}{extra}"
+
+
+def table(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [f"ResNet34, {env['device']}, torch {env['torch']}, python {env['python']}, {env['host_cpus']} CPUs",
+             f"{'measurement':<40}{'images/s':>10}{'ms/step':>9}{'vs model step':>15}{'compile s':>11}  setup / status"]
+    ceiling = next((r["images_per_s"] for r in report["measurements"]
+                    if r["path"] == "model-step" and r.get("status", "ok") == "ok"), None)
+    for r in report["measurements"]:
+        setup = f"width {r['width']}, batch {r['batch_size']}, amp {r['amp']}, channels_last {r['channels_last']}"
+        if r.get("status", "ok") != "ok":
+            lines.append(f"{_name(r):<40}{'-':>10}{'-':>9}{'-':>15}{'-':>11}  {r['status']}")
+            continue
+        ms = f"{r['ms_per_step']:.1f}" if "ms_per_step" in r else "-"
+        vs = f"{r['images_per_s'] / ceiling:.2f}" if ceiling and r["path"] != "eval" else "-"
+        comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "-"
+        note = setup
+        if "per_process_images_per_s" in r:
+            note += "; per process " + ", ".join(f"{v:.0f}" for v in r["per_process_images_per_s"])
+        if "seconds_per_10k" in r:
+            note += f"; {r['seconds_per_10k']:.3f} s per 10,000 images"
+        lines.append(f"{_name(r):<40}{r['images_per_s']:>10.0f}{ms:>9}{vs:>15}{comp:>11}  {note}")
+    return "\n".join(lines)
 
 
 def writable(path: Path) -> bool:
@@ -110,40 +336,81 @@ def writable(path: Path) -> bool:
     return parent.is_dir() and os.access(parent, os.W_OK)
 
 
-def table(report: dict) -> str:
-    lines = [
-        f"ResNet34 width {report['width']}, batch {report['batch_size']}, {report['device']}, torch {report['torch']}, "
-        f"amp {report['amp']}, channels_last {report['channels_last']}, compile {report['compile']}, "
-        f"{report['steps']} timed steps after {report['warmup']}",
-        f"{'path':<14}{'images/s':>12}{'ms/step':>10}{'vs model step':>15}",
-    ]
-    for r in report["results"]:
-        lines.append(f"{r['path']:<14}{r['images_per_s']:>12.0f}{r['ms_per_step']:>10.1f}{r['vs_model_step']:>15.2f}")
-    return "\n".join(lines)
+def _wait_for(go_file: str) -> Callable[[], None]:
+    def barrier() -> None:
+        while not os.path.exists(go_file):
+            time.sleep(0.001)
+    return barrier
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = Parser(prog="python -m recipe.bench", description=__doc__.split("\n\n")[0])
-    add_config_flags(parser, ["width", "batch_size", "device", "workers", "amp", "channels_last", "compile"],
-                     title="setup (the recipe's defaults unless given)")
+    parser = Parser(prog="python -m recipe.bench", description=__doc__.split("\n\n")[0],
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_flags(parser, list(SETUP), title="setup (the recipe's defaults unless given)")
+    parser.add_argument("--paths", default="model-step,fast,classic",
+                        help=f"comma-separated paths to measure, of {', '.join(PATHS)} (default: model-step,fast,classic)")
+    parser.add_argument("--concurrent", type=int, metavar="N",
+                        help="N processes training the fast path at once on the device (and under CUDA MPS too, where "
+                             "it exists): aggregate and per-process images/s")
+    parser.add_argument("--suite", action="store_true", help="every measurement, each in its own process (see above)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per path (default: 100 on CUDA, 10 on CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed steps first (default: 20 on CUDA, 2 on CPU)")
-    parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed steps first, which also compile (default: 20 on CUDA, 2 on CPU)")
+    parser.add_argument("--timeout", type=float, default=180.0,
+                        help="seconds each process of --suite or --concurrent may take (default: 180)")
+    parser.add_argument("--compile-backend", default="inductor",
+                        help="torch.compile's backend where the setup compiles (default: inductor; the modes apply to it)")
+    parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
+    parser.add_argument("--ready-file", help=argparse.SUPPRESS)  # a --concurrent child's handshake
+    parser.add_argument("--go-file", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
-        config = RecipeConfig.from_dict(given_settings(args))
-        cuda = resolve_device(config).type == "cuda"
+        config = RecipeConfig.from_dict(given_settings(args, SETUP))
+        device = resolve_device(config)
     except RecipeError as e:
         fail(str(e))
+    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = [p for p in paths if p not in PATHS]
+    if unknown or not paths:
+        fail(f"--paths {args.paths}: expected a comma-separated list of {', '.join(PATHS)}")
+    if args.concurrent is not None and args.concurrent < 1:
+        fail(f"--concurrent {args.concurrent}: must be >= 1 (the number of processes training at once)")
+    if args.suite and args.concurrent is not None:
+        fail("--suite measures several processes at once already; give --suite or --concurrent, not both")
     if args.json and not writable(Path(args.json)):
         fail(f"--json {args.json}: cannot write there")
+    cuda = device.type == "cuda"
     steps = args.steps if args.steps is not None else (100 if cuda else 10)
     warmup = args.warmup if args.warmup is not None else (20 if cuda else 2)
     if steps < 1 or warmup < 0:
-        parser.error("--steps must be >= 1 and --warmup >= 0")
-    report = run(config, steps, warmup)
-    print(table(report))
-    print(json.dumps(report))
+        fail("--steps must be >= 1 and --warmup >= 0")
+    if args.timeout <= 0:
+        fail(f"--timeout {args.timeout:g}: must be > 0 seconds")
+    if config.compile != "off" and warmup < 1 and not args.suite:
+        fail("--warmup must be >= 1 when the setup compiles (the first steps compile)")
+
+    log = (lambda m: print(m, file=sys.stderr, flush=True)) if (args.suite or args.concurrent) else (lambda m: None)
+    if args.suite:
+        measurements = run_suite(config, steps, max(warmup, 3), args.compile_backend, args.timeout, log)
+    elif args.concurrent is not None:
+        measurements = [concurrent(config, args.concurrent, steps, warmup, args.compile_backend, args.timeout)]
+        if mps_available(device) and args.concurrent > 1:
+            measurements.append(concurrent(config, args.concurrent, steps, warmup, args.compile_backend, args.timeout,
+                                           mps=True))
+    else:
+        barrier = _wait_for(args.go_file) if args.go_file else (lambda: None)
+        if args.ready_file:
+            inner = barrier
+
+            def barrier() -> None:
+                Path(args.ready_file).touch()
+                inner()
+        measurements = [measure(config, p, steps, warmup, compile_backend=args.compile_backend, barrier=barrier)
+                        | {"status": "ok"} for p in paths]
+    report = {"environment": environment(device), "compile_backend": args.compile_backend, "measurements": measurements}
+    if not args.ready_file:
+        print(table(report))
+        print(json.dumps(report))
     if args.json:
         try:
             write_json(args.json, report)

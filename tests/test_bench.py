@@ -1,4 +1,4 @@
-"""python -m recipe.bench as a user runs it: a table of the three paths, then the same figures as JSON."""
+"""python -m recipe.bench as a user runs it: a table of the measurements, then the same figures as JSON."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,9 @@ import torch
 from recipe.bench import main as bench_main
 
 REPO = Path(__file__).resolve().parent.parent
-PATHS = ["model step", "fast path", "classic path"]
+PATHS = ["model-step", "fast", "classic", "eval"]
 TINY = ["--device", "cpu", "--width", "4", "--batch-size", "16", "--workers", "0"]
-ROW = re.compile(r"^(model step|fast path|classic path) +(\S+) +(\S+) +(\S+)$")
+ROW = re.compile(r"^(model-step|fast|classic|eval) +(\S+) +(\S+) +(\S+) +(\S+)  (.*)$")
 
 
 @pytest.fixture(scope="module")
@@ -23,35 +23,37 @@ def bench(tmp_path_factory):
     """One tiny benchmark through `python -m recipe.bench`, its output and its --json file."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
     proc = subprocess.run([sys.executable, "-m", "recipe.bench", *TINY, "--steps", "2", "--warmup", "1",
-                           "--json", str(out)], cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=300)
+                           "--paths", ",".join(PATHS), "--json", str(out)], cwd=REPO, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return proc, json.loads(out.read_text())
 
 
-def test_bench_prints_a_table_of_the_three_paths_then_a_json_line(bench):
+def test_bench_prints_a_table_of_the_paths_then_a_json_line(bench):
     proc, _ = bench
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("ResNet34 width 4, batch 16, cpu, torch ")
-    assert lines[1].split() == ["path", "images/s", "ms/step", "vs", "model", "step"]
-    assert [ROW.match(line).group(1) for line in lines[2:5]] == PATHS, lines
-    assert len(lines) == 6
-    assert isinstance(json.loads(lines[5]), dict)
+    assert lines[0].startswith("ResNet34, cpu, torch ")
+    assert lines[1].split()[:5] == ["measurement", "images/s", "ms/step", "vs", "model"]
+    assert [ROW.match(line).group(1) for line in lines[2:6]] == PATHS, lines
+    assert len(lines) == 7
+    assert isinstance(json.loads(lines[6]), dict)
     assert proc.stderr == ""
 
 
-def test_bench_json_says_the_device_the_torch_version_and_each_paths_speed(bench):
+def test_bench_json_names_the_device_and_versions_and_has_one_record_per_measurement(bench):
     _, report = bench
-    assert report["device"] == "cpu"
-    assert report["torch"] == torch.__version__
-    assert (report["width"], report["batch_size"], report["steps"], report["warmup"]) == (4, 16, 2, 1)
-    assert [r["path"] for r in report["results"]] == PATHS
-    for r in report["results"]:
-        assert r["images_per_s"] > 0 and r["ms_per_step"] > 0, r
+    env = report["environment"]
+    assert env["device"] == "cpu" and env["torch"] == torch.__version__ and env["python"] and env["host_cpus"] >= 1
+    assert [r["path"] for r in report["measurements"]] == PATHS
+    for r in report["measurements"]:
+        assert r["status"] == "ok" and r["images_per_s"] > 0, r
+        assert (r["width"], r["batch_size"], r["amp"], r["channels_last"], r["compile"]) == (4, 16, "off", False, "off")
+        assert (r["steps"], r["warmup"]) == (2, 1)
+    for r in report["measurements"][:3]:
         assert r["images_per_s"] * r["ms_per_step"] / 1000 == pytest.approx(16)  # images per step
-    assert report["results"][0]["vs_model_step"] == 1.0
-    for r in report["results"][1:]:
-        assert r["vs_model_step"] == pytest.approx(r["images_per_s"] / report["results"][0]["images_per_s"])
+        assert r["images"] == 2 * 16
+    evaluation = report["measurements"][3]
+    assert evaluation["seconds_per_10k"] == pytest.approx(10_000 / evaluation["images_per_s"])
 
 
 def test_bench_json_file_and_json_line_are_the_same_report(bench):
@@ -61,10 +63,26 @@ def test_bench_json_file_and_json_line_are_the_same_report(bench):
 
 def test_bench_table_shows_the_figures_of_the_json(bench):
     proc, report = bench
-    rows = {m.group(1): m.groups()[1:] for m in map(ROW.match, proc.stdout.splitlines()) if m}
-    for r in report["results"]:
-        assert rows[r["path"]] == (f"{r['images_per_s']:.0f}", f"{r['ms_per_step']:.1f}", f"{r['vs_model_step']:.2f}")
-    assert f"torch {report['torch']}," in proc.stdout.splitlines()[0]
+    rows = {m.group(1): m.groups()[1:5] for m in map(ROW.match, proc.stdout.splitlines()) if m}
+    ceiling = report["measurements"][0]["images_per_s"]
+    for r in report["measurements"][:3]:
+        assert rows[r["path"]] == (f"{r['images_per_s']:.0f}", f"{r['ms_per_step']:.1f}",
+                                   f"{r['images_per_s'] / ceiling:.2f}", "-")
+    assert f"torch {report['environment']['torch']}," in proc.stdout.splitlines()[0]
+
+
+def test_bench_concurrent_processes_report_the_aggregate_and_each_process(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "recipe.bench", *TINY, "--steps", "3", "--warmup", "1",
+                           "--concurrent", "2", "--json", str(out)], cwd=REPO, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    [record] = json.loads(out.read_text())["measurements"]  # no CUDA MPS on a CPU
+    assert record["status"] == "ok" and record["processes"] == 2 and record["mps"] is False
+    assert len(record["per_process_images_per_s"]) == 2 and record["images"] == 2 * 3 * 16
+    # The aggregate spans from the first process's start to the last one's end: no more than their sum.
+    assert 0 < record["images_per_s"] <= sum(record["per_process_images_per_s"]) * 1.0001
+    assert "per process" in proc.stdout
 
 
 def call(argv: list[str], capsys) -> tuple[int | None, str, str]:
@@ -89,6 +107,19 @@ def assert_usage_error(code, out: str, err: str, *fragments: str) -> None:
 def test_bench_bad_step_counts_are_one_line_and_exit_2(tmp_path, capsys, argv):
     code, out, err = call([*TINY, *argv, "--json", str(tmp_path / "bench.json")], capsys)
     assert_usage_error(code, out, err, "--steps must be >= 1", "--warmup >= 0")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--concurrent", "0"], "--concurrent 0: must be >= 1"),
+    (["--compile", "fastest"], "invalid choice: 'fastest'"),
+    (["--paths", "fast,turbo"], "--paths fast,turbo: expected"),
+    (["--suite", "--concurrent", "2"], "give --suite or --concurrent"),
+    (["--timeout", "0"], "--timeout 0: must be > 0"),
+], ids=["concurrent 0", "unknown compile mode", "unknown path", "suite and concurrent", "timeout 0"])
+def test_bench_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, fragment):
+    code, out, err = call([*TINY, *argv, "--json", str(tmp_path / "bench.json")], capsys)
+    assert_usage_error(code, out, err, fragment)
     assert list(tmp_path.iterdir()) == []
 
 
