@@ -1,0 +1,97 @@
+"""benchmarks/gpu_check.sh: the one command a person runs on a new GPU machine, here in its --quick form on a CPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recipe.data import synthetic
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
+
+
+def gpu_check(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHON": sys.executable}
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def small_npz(tmp_path_factory):
+    """A small CIFAR-shaped .npz in the real file's format (uint8 images and labels)."""
+    train, test = synthetic()
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    np.savez(path, x_train=train.x[:1200], y_train=train.y[:1200].astype(np.uint8), x_test=test.x[:300],
+             y_test=test.y[:300].astype(np.uint8))
+    return path
+
+
+@pytest.fixture(scope="module")
+def quick(small_npz, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_check") / "out"
+    proc = gpu_check("--data", str(small_npz), "--out", str(out), "--quick")
+    return proc, out
+
+
+def test_quick_check_runs_every_step_and_prints_the_summary_it_writes(quick):
+    proc, out = quick
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# gpu_check: cpu\n")
+    for heading in ("## 1. Bench suite (ok", "## 2. The seed recipe on the data", "killed and resumed (ok)",
+                    "## 3. A miniature study (ok)"):
+        assert heading in summary, heading
+    assert summary in proc.stdout
+
+
+def test_quick_check_benchmarks_every_path_mode_and_concurrency(quick):
+    _, out = quick
+    report = json.loads((out / "bench.json").read_text())
+    names = [r["name"] for r in report["measurements"]]
+    assert names == ["seed style: classic, fp32, contiguous", "classic, recipe settings", "model step (ceiling)",
+                     "fast, eager", "fast, compiled (default)", "evaluation", "1 process at once",
+                     "2 processes at once"]
+    assert all(r["status"] == "ok" and r["images_per_s"] > 0 for r in report["measurements"])
+    compiled = report["measurements"][4]
+    assert compiled["compile"] == "default" and compiled["compile_s"] >= 0
+    assert report["environment"]["device"] == "cpu"
+
+
+def test_quick_check_resumes_the_killed_run_for_its_last_two_epochs(quick):
+    _, out = quick
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "ok"
+    assert run["killed_after_epoch"] == run["epochs"] - 2 >= 1
+    assert run["resumed_from_checkpoint"] and run["each_epoch_once"]
+    assert [e["epoch"] for e in run["per_epoch"]] == list(range(1, run["epochs"] + 1))
+    assert all(e["train_s"] > 0 and e["eval_s"] > 0 for e in run["per_epoch"])
+
+
+def test_quick_check_runs_a_miniature_study_on_the_data(quick):
+    _, out = quick
+    study = json.loads((out / "study.json").read_text())
+    assert study["status"] == "ok", study
+    assert study["trials"] == 4 and study["complete"] + study["pruned"] == 4 and study["failed"] == 0
+    assert study["final_epochs"] == 2 and 0 <= study["final_test_acc"] <= 1
+
+
+@pytest.mark.parametrize("make_args, fragment", [
+    (lambda tmp: ["--data", str(tmp / "missing.npz"), "--out", str(tmp / "out")], "missing.npz: no such file"),
+    (lambda tmp: ["--data", str(tmp / "afile"), "--out", str(tmp / "out")], "not a readable .npz"),
+    (lambda tmp: ["--data", "NPZ", "--out", str(tmp / "afile")], "is a file, not a directory"),
+    (lambda tmp: ["--out", str(tmp / "out")], "the following arguments are required: --data"),
+], ids=["missing npz", "not an npz", "out is a file", "no data"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, small_npz, make_args, fragment):
+    (tmp_path / "afile").write_text("not a .npz\n")
+    args = [str(small_npz) if a == "NPZ" else a for a in make_args(tmp_path)]
+    proc = gpu_check(*args, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert fragment in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
