@@ -19,15 +19,24 @@ class CheckpointError(RecipeError):
     """A checkpoint cannot be used; the message says which file and why."""
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write through a temporary file in the same directory, then rename it into place.
 
     A reader (or a crash) never sees a half-written file: it sees the old one or the new one.
+    The file gets the mode a plain open() would give it under the umask (mkstemp's is 0600, which
+    would keep colleagues and web servers from reading a study's report on a shared disk).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -1,5 +1,7 @@
 import csv
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -166,3 +168,19 @@ def test_a_schedule_that_would_warm_up_over_exactly_one_step_is_refused_before_a
     with pytest.raises(RecipeError, match="^epochs: OneCycle cannot warm up over exactly 1 step"):
         train(tiny_config(subset=160, batch_size=32, epochs=2), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_a_runs_files_get_the_mode_the_umask_gives_a_new_file(tmp_path, umask, mode):
+    # Written through a temporary file and renamed, yet readable as any file the user writes: a study's
+    # report on a shared disk must be readable by colleagues.
+    old = os.umask(umask)
+    try:
+        train(tiny_config(epochs=1), tmp_path / "run")
+    finally:
+        os.umask(old)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    names = {p.relative_to(tmp_path / "run").as_posix() for p in files}
+    assert {"config.json", "metrics.csv", "summary.json", "curves.html", "checkpoints/last.pt",
+            "checkpoints/best.pt"} <= names
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {p.name: oct(mode) for p in files}
