@@ -1,16 +1,20 @@
 """The Ray side of a study: start or join Ray, search with Tune, run the final run under Tune."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import shutil
 import sys
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import optuna
 import pyarrow.fs
 import ray
 from ray import tune
+from ray._raylet import AuthenticationMode, GcsClient, get_authentication_mode  # no public API for either
+from ray.exceptions import AuthenticationError, GetTimeoutError, RayActorError, RpcError
 from ray.tune.schedulers import ASHAScheduler
 
 from recipe.checkpoint import write_json
@@ -65,10 +69,86 @@ def start_ray(p: Plan) -> None:
     # On one machine, loopback only (run.py set Ray's local switch too); a private Ray has no dashboard.
     node_ip = {"_node_ip_address": "127.0.0.1"} if p.on_loopback else {}
     if p.address:
+        check_cluster_admits_driver(p.address)
         ray.init(address=p.address, log_to_driver=False, logging_level="ERROR", **node_ip)
+        try:
+            check_cluster_reaches_driver(p.address)
+        except RecipeError:
+            ray.shutdown()
+            raise
     else:
         # address="local": a new Ray of our own, never one that RAY_ADDRESS or `ray start` left around.
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR", **node_ip)
+
+
+PROBE_TIMEOUT_S = 120  # a worker process to start on a busy head; longer is no refusal
+TOKEN_SOURCES = ("in RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token; "
+                 "`ray get-auth-token` on the head prints it")
+
+
+def check_cluster_admits_driver(address: str) -> None:
+    """One line, at once, where the cluster's GCS refuses this driver's authentication.
+
+    Left to ray.init, a refused token costs half a minute of retries and ends in a
+    ConnectionError whose cause survives only as text. A GCS client of our own raises Ray's
+    AuthenticationError on the first refusal.
+    """
+    if "://" in address or address in ("auto", "local"):
+        return  # Ray Client, or Ray finding a cluster itself: ray.init's own way
+    try:
+        with quiet_stderr():  # Ray's C++ client logs each refusal there too
+            GcsClient(address=address)
+    except AuthenticationError:
+        if get_authentication_mode() == AuthenticationMode.TOKEN:
+            raise RecipeError(f"--address {address}: the cluster refused this driver's authentication token; give the "
+                              f"driver the cluster's token ({TOKEN_SOURCES})") from None
+        raise RecipeError(f"--address {address}: the cluster requires Ray's token authentication; set RAY_AUTH_MODE=token "
+                          f"and the cluster's token ({TOKEN_SOURCES})") from None
+    except RpcError as e:
+        raise RecipeError(f"--address {address}: no Ray cluster answers there ({e}); check the address, which "
+                          f"`ray start --head` prints") from None
+
+
+@contextlib.contextmanager
+def quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 to /dev/null meanwhile: what C++ code writes there as well as Python's."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@ray.remote(num_cpus=0)
+class Probe:
+    def ping(self) -> bool:
+        return True
+
+
+def check_cluster_reaches_driver(address: str) -> None:
+    """One line, before any trial, where the cluster's workers cannot call back to this driver.
+
+    A driver in token mode serves only authenticated calls; a cluster without token
+    authentication makes none, so every actor it starts for this driver (every trial) dies
+    before it runs. An actor that needs no resources shows that at once.
+    """
+    probe = Probe.remote()
+    try:
+        ray.get(probe.ping.remote(), timeout=PROBE_TIMEOUT_S)
+    except RayActorError:
+        if get_authentication_mode() != AuthenticationMode.TOKEN:
+            raise
+        raise RecipeError(f"--address {address}: this driver uses Ray's token authentication (RAY_AUTH_MODE=token) but "
+                          "the cluster does not, so no trial could start there; unset RAY_AUTH_MODE, or restart the "
+                          "cluster with RAY_AUTH_MODE=token") from None
+    except GetTimeoutError:
+        pass  # a busy cluster, not a refusal: Tune waits for it as it would
+    finally:
+        ray.kill(probe)
 
 
 def gpus_to_use(spec: StudySpec) -> int:

@@ -1,9 +1,14 @@
 """A study that joins a running Ray cluster and keeps Tune's files on --storage."""
+import contextlib
 import json
+import os
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, run_study
+
+TINY = str(REPO / "tests" / "studies" / "tiny.toml")
 
 # A Ray head on this machine's loopback, owned by this test. Like any cluster that ray.init()
 # starts, it requires Ray's token authentication (the token is in ~/.ray/auth_token).
@@ -15,6 +20,39 @@ ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
 print(ray.get_runtime_context().gcs_address, flush=True)
 sys.stdin.read()
 """
+
+
+@contextlib.contextmanager
+def ray_head(auth_mode: str | None = None):
+    """A Ray head on loopback, owned by the test; yields its address. auth_mode: RAY_AUTH_MODE for it."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    if auth_mode is not None:
+        env["RAY_AUTH_MODE"] = auth_mode
+    head = subprocess.Popen([sys.executable, "-c", HEAD], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        address = head.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:")
+        yield address
+    finally:
+        head.stdin.close()
+        head.wait(timeout=120)
+
+
+@pytest.mark.parametrize("cluster, driver, says", [
+    ("token", "disabled", "the cluster requires Ray's token authentication; set RAY_AUTH_MODE=token"),
+    ("disabled", "token", "this driver uses Ray's token authentication (RAY_AUTH_MODE=token) but the cluster does not"),
+], ids=["cluster-token-driver-not", "driver-token-cluster-not"])
+def test_a_cluster_that_refuses_the_drivers_authentication_is_one_line_before_any_trial(tmp_path, cluster, driver, says):
+    results, storage = tmp_path / "results", tmp_path / "shared"
+    with ray_head(cluster) as address:
+        run = run_study(["--study", TINY, "--results-dir", str(results), "--trials", "1",
+                         "--address", address, "--storage", str(storage)], env={"RAY_AUTH_MODE": driver})
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert run.stderr.splitlines() == [run.stderr.strip()] and run.stderr.startswith(f"error: --address {address}: ")
+    assert says in run.stderr
+    assert "trial" not in run.stdout  # none launched, nor announced
+    assert not results.exists() and not storage.exists()
 
 
 def test_a_study_on_a_running_cluster_stores_tune_files_on_storage_and_collects_the_final_run(tmp_path):
