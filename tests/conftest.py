@@ -198,8 +198,8 @@ def start_study(args: list[str], isolated: bool, env: dict | None = None) -> sub
 
 
 def run_study(args: list[str], *, isolated: bool = False, timeout: float = 900, watch=None,
-              env: dict | None = None) -> StudyRun:
-    """Run a study to its end, sampling its listening sockets; watch(proc, stdout) may act meanwhile."""
+              env: dict | None = None, poll: float = 0.5) -> StudyRun:
+    """Run a study to its end, sampling its listening sockets; watch(proc, stdout) may act meanwhile, every `poll` s."""
     proc = start_study(args, isolated, env)
     listening: set = set()
     out: list[str] = []
@@ -218,7 +218,7 @@ def run_study(args: list[str], *, isolated: bool = False, timeout: float = 900, 
                 listening |= listening_sockets(proc.pid)
             if watch is not None:
                 watch(proc, "".join(out))
-            time.sleep(0.5)
+            time.sleep(poll)
     finally:
         if proc.poll() is None:
             proc.kill()

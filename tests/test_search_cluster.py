@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, run_study
+from conftest import REPO, read_trials, run_study
 
 TINY = str(REPO / "tests" / "studies" / "tiny.toml")
 
@@ -78,3 +78,87 @@ def test_a_study_on_a_running_cluster_stores_tune_files_on_storage_and_collects_
     assert (final / "curves.html").exists() and (final / "checkpoints" / "best.pt").exists()
     best = json.loads((results / "smoke" / "best.json").read_text())
     assert json.loads((final / "config.json").read_text()) == best["final_config"] | {"device": "cpu"}
+
+
+# A cluster of three "machines" on loopback, owned by the test: a head that runs nothing (no CPUs)
+# and two worker nodes of one CPU each. Each PID written to its stdin names a trial's process;
+# the node running it is lost at once: its processes frozen, removed without a graceful
+# shutdown, and whatever of it is left killed, as when a machine vanishes.
+CLUSTER = """
+import os, signal, sys
+import psutil
+from ray.cluster_utils import Cluster
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
+                                                        "include_dashboard": False})
+workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
+cluster.wait_for_nodes()
+print(cluster.address, flush=True)
+for line in sys.stdin:
+    pid = int(line)
+    os.kill(pid, signal.SIGSTOP)
+    parents = {p.pid for p in psutil.Process(pid).parents()}
+    node = next(n for n in workers if n.all_processes["raylet"][0].process.pid in parents)
+    left = psutil.Process(node.all_processes["raylet"][0].process.pid).children(recursive=True)
+    cluster.remove_node(node, allow_graceful=False)
+    for p in left:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    print(f"removed {node.node_id}", flush=True)
+cluster.shutdown()
+"""
+
+
+def tune_results(experiment) -> list[dict]:
+    """Every result Tune has logged so far (result.json of each trial), skipping a line being written."""
+    found = []
+    for path in experiment.glob("*/result.json"):
+        for line in path.read_text().splitlines():
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return found
+
+
+def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_another_node_and_the_study_finishes(tmp_path):
+    results, storage = tmp_path / "results", tmp_path / "shared"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True, env=env)
+    lost: dict = {}
+
+    def lose_the_node_once_a_trial_reported(proc, out) -> None:
+        if lost:
+            return
+        reported = [r for r in tune_results(storage / "tiny" / "tune") if r.get("epoch", 0) >= 1]
+        if reported:
+            lost.update(pid=reported[0]["pid"], epochs=max(r["epoch"] for r in reported))
+            cluster.stdin.write(f"{lost['pid']}\n")
+            cluster.stdin.flush()
+            lost["removed"] = cluster.stdout.readline()
+
+    try:
+        address = cluster.stdout.readline().strip()
+        assert address.startswith("127.0.0.1:")
+        run = run_study(["--study", TINY, "--results-dir", str(results), "--trials", "1",
+                         "--address", address, "--storage", str(storage)], env={"RAY_AUTH_MODE": "disabled"},
+                        watch=lose_the_node_once_a_trial_reported, poll=0.05)
+    finally:
+        cluster.stdin.close()
+        cluster.wait(timeout=120)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert lost["removed"].startswith("removed ") and lost["epochs"] < 3  # lost mid-trial
+    assert "trial 0 crashed; retrying from its last checkpoint" in run.stdout
+    # Tune's epochs go on after the loss, in another process; Optuna has each epoch once.
+    epochs = [r["epoch"] for r in tune_results(storage / "tiny" / "tune")]
+    assert epochs[:lost["epochs"]] == list(range(1, lost["epochs"] + 1)) and epochs[-1] == 3
+    assert set(epochs) == {1, 2, 3} and epochs == sorted(epochs)
+    after = [r for r in tune_results(storage / "tiny" / "tune") if r["epoch"] > lost["epochs"]]
+    assert after and all(r["pid"] != lost["pid"] for r in after)
+    (trial,) = read_trials(results / "tiny" / "optuna.db", "tiny")
+    assert trial.state.name == "COMPLETE" and sorted(trial.intermediate_values) == [1, 2, 3]
+    summary = json.loads((results / "tiny" / "final" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
