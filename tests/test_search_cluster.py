@@ -89,8 +89,10 @@ import os, signal, sys
 import psutil
 from ray.cluster_utils import Cluster
 
+# A node whose raylet stops answering is declared dead after ~5 s rather than Ray's ~30 s.
+health = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000, "health_check_failure_threshold": 3}
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
-                                                        "include_dashboard": False})
+                                                        "include_dashboard": False, "_system_config": health})
 workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]
 cluster.wait_for_nodes()
 print(cluster.address, flush=True)
@@ -154,8 +156,7 @@ def test_a_trial_whose_node_is_lost_continues_from_its_checkpoint_on_another_nod
     assert "trial 0 crashed; retrying from its last checkpoint" in run.stdout
     # Tune's epochs go on after the loss, in another process; Optuna has each epoch once.
     epochs = [r["epoch"] for r in tune_results(storage / "tiny" / "tune")]
-    assert epochs[:lost["epochs"]] == list(range(1, lost["epochs"] + 1)) and epochs[-1] == 3
-    assert set(epochs) == {1, 2, 3} and epochs == sorted(epochs)
+    assert epochs == [1, 2, 3]
     after = [r for r in tune_results(storage / "tiny" / "tune") if r["epoch"] > lost["epochs"]]
     assert after and all(r["pid"] != lost["pid"] for r in after)
     (trial,) = read_trials(results / "tiny" / "optuna.db", "tiny")
