@@ -57,16 +57,9 @@ def test_a_cluster_that_refuses_the_drivers_authentication_is_one_line_before_an
 
 def test_a_study_on_a_running_cluster_stores_tune_files_on_storage_and_collects_the_final_run(tmp_path):
     results, storage = tmp_path / "results", tmp_path / "shared"
-    head = subprocess.Popen([sys.executable, "-c", HEAD], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        address = head.stdout.readline().strip()
-        assert address.startswith("127.0.0.1:")
+    with ray_head() as address:
         run = run_study(["--study", "smoke", "--results-dir", str(results), "--trials", "2",
                          "--address", address, "--storage", str(storage)], env={"RAY_AUTH_MODE": "token"})
-    finally:
-        head.stdin.close()
-        head.wait(timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (storage / "smoke" / "tune").is_dir() and (storage / "smoke" / "final-tune").is_dir()
     assert not (results / "smoke" / "tune").exists()
