@@ -14,7 +14,7 @@ import pyarrow.fs
 import ray
 from ray import tune
 from ray._raylet import AuthenticationMode, GcsClient, get_authentication_mode  # no public API for either
-from ray.exceptions import AuthenticationError, GetTimeoutError, RayActorError, RpcError
+from ray.exceptions import ActorDiedError, AuthenticationError, GetTimeoutError, RpcError
 from ray.tune.schedulers import ASHAScheduler
 
 from recipe.checkpoint import write_json
@@ -105,8 +105,8 @@ def check_cluster_admits_driver(address: str) -> None:
         raise RecipeError(f"--address {address}: the cluster requires Ray's token authentication; set RAY_AUTH_MODE=token "
                           f"and the cluster's token ({TOKEN_SOURCES})") from None
     except RpcError as e:
-        raise RecipeError(f"--address {address}: no Ray cluster answers there ({e}); check the address, which "
-                          f"`ray start --head` prints") from None
+        raise RecipeError(f"--address {address}: no Ray cluster answers there ({str(e).rstrip('.')}); check the "
+                          f"address, which `ray start --head` prints") from None
 
 
 @contextlib.contextmanager
@@ -139,9 +139,9 @@ def check_cluster_reaches_driver(address: str) -> None:
     probe = Probe.remote()
     try:
         ray.get(probe.ping.remote(), timeout=PROBE_TIMEOUT_S)
-    except RayActorError:
+    except ActorDiedError:
         if get_authentication_mode() != AuthenticationMode.TOKEN:
-            raise
+            return  # not this refusal: Tune's trials meet the same and say why
         raise RecipeError(f"--address {address}: this driver uses Ray's token authentication (RAY_AUTH_MODE=token) but "
                           "the cluster does not, so no trial could start there; unset RAY_AUTH_MODE, or restart the "
                           "cluster with RAY_AUTH_MODE=token") from None
