@@ -136,12 +136,12 @@ def check_cluster_reaches_driver(address: str) -> None:
     authentication makes none, so every actor it starts for this driver (every trial) dies
     before it runs. An actor that needs no resources shows that at once.
     """
+    if get_authentication_mode() != AuthenticationMode.TOKEN:
+        return  # a driver without token authentication answers anyone
     probe = Probe.remote()
     try:
         ray.get(probe.ping.remote(), timeout=PROBE_TIMEOUT_S)
     except ActorDiedError:
-        if get_authentication_mode() != AuthenticationMode.TOKEN:
-            return  # not this refusal: Tune's trials meet the same and say why
         raise RecipeError(f"--address {address}: this driver uses Ray's token authentication (RAY_AUTH_MODE=token) but "
                           "the cluster does not, so no trial could start there; unset RAY_AUTH_MODE, or restart the "
                           "cluster with RAY_AUTH_MODE=token") from None
