@@ -13,7 +13,8 @@ import optuna
 import pyarrow.fs
 import ray
 from ray import tune
-from ray._raylet import AuthenticationMode, GcsClient, get_authentication_mode  # no public API for either
+from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+from ray._raylet import AuthenticationMode, GcsClient, get_authentication_mode  # no public API for these
 from ray.exceptions import ActorDiedError, AuthenticationError, GetTimeoutError, RpcError
 from ray.tune.schedulers import ASHAScheduler
 
@@ -95,6 +96,12 @@ def check_cluster_admits_driver(address: str) -> None:
     """
     if "://" in address or address in ("auto", "local"):
         return  # Ray Client, or Ray finding a cluster itself: ray.init's own way
+    try:
+        # As ray.init does first; a GCS client in token mode without a token aborts the process.
+        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
+    except AuthenticationError:
+        raise RecipeError(f"--address {address}: RAY_AUTH_MODE=token but this driver has no token; give it the "
+                          f"cluster's token ({TOKEN_SOURCES})") from None
     try:
         with quiet_stderr():  # Ray's C++ client logs each refusal there too
             GcsClient(address=address)

@@ -23,11 +23,10 @@ sys.stdin.read()
 
 
 @contextlib.contextmanager
-def ray_head(auth_mode: str | None = None):
-    """A Ray head on loopback, owned by the test; yields its address. auth_mode: RAY_AUTH_MODE for it."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
-    if auth_mode is not None:
-        env["RAY_AUTH_MODE"] = auth_mode
+def ray_head(auth_mode: str | None = None, token: str | None = None):
+    """A Ray head on loopback, owned by the test; yields its address. RAY_AUTH_MODE and RAY_AUTH_TOKEN for it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    env |= {k: v for k, v in (("RAY_AUTH_MODE", auth_mode), ("RAY_AUTH_TOKEN", token)) if v is not None}
     head = subprocess.Popen([sys.executable, "-c", HEAD], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, env=env)
     try:
@@ -45,9 +44,11 @@ def ray_head(auth_mode: str | None = None):
 ], ids=["cluster-token-driver-not", "driver-token-cluster-not"])
 def test_a_cluster_that_refuses_the_drivers_authentication_is_one_line_before_any_trial(tmp_path, cluster, driver, says):
     results, storage = tmp_path / "results", tmp_path / "shared"
-    with ray_head(cluster) as address:
+    token = "0123456789abcdef0123456789abcdef"  # whichever side is in token mode has one, not ~/.ray's
+    with ray_head(cluster, token=token) as address:
         run = run_study(["--study", TINY, "--results-dir", str(results), "--trials", "1",
-                         "--address", address, "--storage", str(storage)], env={"RAY_AUTH_MODE": driver})
+                         "--address", address, "--storage", str(storage)], env={"RAY_AUTH_MODE": driver,
+                                                                                 "RAY_AUTH_TOKEN": token})
     assert run.returncode == 2, run.stderr[-3000:]
     assert run.stderr.splitlines() == [run.stderr.strip()] and run.stderr.startswith(f"error: --address {address}: ")
     assert says in run.stderr
