@@ -1,4 +1,5 @@
-"""A study that joins a running Ray cluster and keeps Tune's files on --storage."""
+"""Studies that join a running Ray cluster: Tune's files on --storage, a cluster that refuses the
+driver's authentication, a worker node lost mid-trial."""
 import contextlib
 import json
 import os
