@@ -26,6 +26,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.results import best_trial
 from search.study import StudySpec
+from search.trainable import RESTARTED
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +100,8 @@ class StudySearcher(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            if RESTARTED in result:  # a damaged checkpoint: the trial ran again from epoch 0
+                self._ot_trials[trial_id].set_user_attr(RESTARTED, result[RESTARTED])
             self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:

@@ -5,11 +5,18 @@ directory it is given. Every epoch the recipe's last.pt goes to Tune as that epo
 checkpoint, so a trial Tune restarts (a crash, a lost node, a resumed study) continues from
 it wherever it lands. Tune's copy is a trial's only one: the trial deletes its own once
 reported (Tune keeps the latest per trial in its experiment directory).
+
+A checkpoint that cannot be loaded (truncated by a full disk or a killed copy, say) restarts the
+run from epoch 0, and the first epoch it reports says so (result key "restarted"). The run is
+seeded, so on the same device it reproduces the epochs ASHA and Optuna already hold, and both keep
+the value they saw first for an epoch: their records stay those of one run. Failing the trial
+instead would have Tune retry it from the same damaged file until its retries ran out.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,11 +24,12 @@ from typing import Any
 import torch
 from ray import tune
 
-from recipe.checkpoint import atomic_write
+from recipe.checkpoint import CheckpointError, atomic_write
 from recipe.config import RecipeConfig
 from recipe.train import train
 
 CHECKPOINT_FILE = "last.pt"
+RESTARTED = "restarted"  # result key of the first epoch after a restart from epoch 0: why
 RUN_DIR = "run"  # a trial's run directory, inside its Tune working directory
 
 
@@ -45,7 +53,11 @@ def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, 
         last.unlink(missing_ok=True)  # left by an attempt that crashed before its first report
         resume = False
 
+    restarted: list[str] = []  # the reason, until the first report after a restart carries it
+
     def report(metrics: dict[str, Any], path: Path | None) -> None:
+        if restarted:
+            metrics = {**metrics, RESTARTED: restarted.pop()}
         if path is None:  # a diverged epoch: nothing worth resuming from
             tune.report(metrics)
             return
@@ -59,4 +71,12 @@ def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, 
             if not final:
                 path.unlink(missing_ok=True)
 
-    train(config, run_dir, resume=resume, callback=report, curves=final, keep_best=final)
+    try:
+        train(config, run_dir, resume=resume, callback=report, curves=final, keep_best=final)
+    except CheckpointError as e:  # raised before the first epoch, by the load of last.pt
+        if not resume:
+            raise
+        restarted.append(f"its checkpoint could not be loaded ({e}); restarted from epoch 0")
+        print(f"{restarted[0]}", file=sys.stderr, flush=True)  # the trial's worker log
+        last.unlink(missing_ok=True)
+        train(config, run_dir, resume=False, callback=report, curves=final, keep_best=final)
