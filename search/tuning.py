@@ -11,6 +11,8 @@ import optuna
 import pyarrow.fs
 import ray
 from ray import tune
+from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
 from recipe.checkpoint import write_json
@@ -103,6 +105,36 @@ def base_config(config_dict: dict[str, Any], gpus: int) -> dict[str, Any]:
     return {k: v for k, v in config_dict.items() if k not in SEARCHED} | {"device": "cuda" if gpus else "cpu"}
 
 
+def settle_ended_trials(experiment: str, study: optuna.Study) -> list[str]:
+    """Mark TERMINATED, in Tune's saved state, the trials Optuna holds as ended; returns their Tune ids.
+
+    Tune saves its experiment state every few seconds; a driver killed after a trial ended but before
+    the next save leaves that trial RUNNING there, with its checkpoint already deleted
+    (DropEndedCheckpoints). Resumed as it is, Tune would run the trial again, failing to restore that
+    checkpoint until its retries ran out. Optuna's record (written as the trial ends) says it ended.
+    """
+    ended = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
+    newest = _find_newest_experiment_checkpoint(root, fs=fs)
+    if newest is None or not ended:
+        return []
+    with fs.open_input_stream(newest) as f:
+        state = json.loads(f.readall())
+    settled = []
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0])
+        if trial["trial_id"] in ended and trial["status"] not in (Trial.TERMINATED, Trial.ERROR):
+            trial["status"] = Trial.TERMINATED
+            entry[0] = json.dumps(trial)
+            settled.append(trial["trial_id"])
+    if settled:
+        tmp = f"{newest}.tmp"
+        with fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(state).encode())
+        fs.move(tmp, newest)
+    return settled
+
+
 def search(p: Plan, gpus: int) -> None:
     spec, paths = p.spec, p.paths
     experiment = f"{p.storage}/tune"
@@ -112,6 +144,7 @@ def search(p: Plan, gpus: int) -> None:
         resources(spec, gpus),
     )
     if p.resume and tune.Tuner.can_restore(experiment):
+        settle_ended_trials(experiment, open_study(paths, spec))
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
     elif p.resume and paths.optuna_db.exists() and open_study(paths, spec).trials:
         raise RecipeError(f"{experiment}: no Ray Tune state of this study there (was it started with another "
