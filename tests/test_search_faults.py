@@ -1,0 +1,191 @@
+"""Faults of a study's driver: killed (SIGKILL) in its search and again in its final run, a damaged
+trial checkpoint found on resume, a second driver on a running study. Nothing lost, nothing run twice.
+
+One study (tests/studies/tiny.toml) goes through all of them, as a user would meet them:
+1. the driver is killed while trials are midway, and their checkpoints in Tune's experiment are then
+   truncated (a full disk, a lost copy);
+2. `--resume`: while it runs, a second driver (with and without --resume) is refused and
+   `python -m search.report` works; it is killed in turn during the final run;
+3. `--resume` ends the study.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import psutil
+import pytest
+from optuna.trial import TrialState
+
+from conftest import REPO, process_tree, read_trials, run_study
+from search.tuning import settle_ended_trials
+
+STUDY = str(REPO / "tests" / "studies" / "tiny.toml")
+PLANNED = 3  # tiny.toml's trials
+
+
+def saved_tune_trials(experiment: Path) -> list[tuple[dict, dict]]:
+    """(trial, runtime metadata) of each trial in Tune's newest saved experiment state; [] while it is being written."""
+    states = sorted(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return []
+    try:
+        data = json.loads(states[-1].read_text())
+    except (OSError, ValueError):
+        return []
+    return [(json.loads(trial), json.loads(meta)) for trial, meta in data["trial_data"]]
+
+
+def midway_with_checkpoint(experiment: Path) -> list[str]:
+    """Tune ids of the trials Tune's saved state would resume from a checkpoint."""
+    return [t["trial_id"] for t, meta in saved_tune_trials(experiment)
+            if t["status"] == "RUNNING" and (meta.get("last_result") or {}).get("checkpoint_dir_name")]
+
+
+def kill_tree(proc, seen: dict) -> None:
+    """SIGKILL the driver alone, as the OOM killer or a lost session would; remember its process tree."""
+    seen["tree"] = process_tree(proc.pid)
+    proc.kill()
+
+
+def clean_up(tree: list) -> None:
+    """Ray's processes that outlived the killed driver: only those of its recorded tree."""
+    alive = []
+    for p in tree:
+        try:
+            if p.is_running():
+                p.kill()
+                alive.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def killed_twice(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    root = results / "tiny"
+    db = root / "optuna.db"
+    args = ["--study", STUDY, "--results-dir", str(results)]
+    seen: dict = {}
+
+    def kill_midway(proc, out):
+        if "tree" in seen:
+            return
+        ended = [t for t in read_trials(db, "tiny") if t.state.is_finished()]
+        midway = midway_with_checkpoint(root / "tune")
+        if ended and midway:
+            seen["midway"] = midway
+            kill_tree(proc, seen)
+
+    first = run_study(args, watch=kill_midway)
+    clean_up(seen.get("tree", []))
+    after_first = read_trials(db, "tiny")
+    # The checkpoints Tune would resume the midway trials from, truncated.
+    damaged = []
+    for trial_id in seen.get("midway", []):
+        for ckpt in root.glob(f"tune/*_{trial_id}_*/checkpoint_*/last.pt"):
+            ckpt.write_bytes(ckpt.read_bytes()[:1000])
+            damaged.append(trial_id)
+
+    second_seen: dict = {}
+
+    def refuse_then_kill_in_final(proc, out):
+        lock = root / "driver.lock"
+        if "others" not in second_seen and lock.exists() and lock.read_text().strip() == str(proc.pid):
+            commands = {
+                "resume": [sys.executable, "-m", "search.run", *args, "--resume"],
+                "plain": [sys.executable, "-m", "search.run", *args],
+                "report": [sys.executable, "-m", "search.report", "--study", "tiny", "--results-dir", str(results)],
+            }
+            running = {k: subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                           stdin=subprocess.DEVNULL) for k, c in commands.items()}
+            second_seen["others"] = {k: (*p.communicate(timeout=300), p.returncode) for k, p in running.items()}
+            second_seen["pid"] = proc.pid
+            second_seen["alive_after_others"] = proc.poll() is None
+        if "tree" not in second_seen and "final epoch 1/" in out:
+            kill_tree(proc, second_seen)
+
+    second = run_study(args + ["--resume"], watch=refuse_then_kill_in_final)
+    clean_up(second_seen.get("tree", []))
+    after_second = read_trials(db, "tiny")
+    third = run_study(args + ["--resume"])
+    return dict(root=root, db=db, first=first, second=second, third=third, damaged=damaged,
+                after_first=after_first, after_second=after_second, **{k: second_seen.get(k) for k in
+                                                                         ("others", "alive_after_others", "pid")})
+
+
+def test_a_driver_killed_in_its_search_resumes_with_every_planned_trial_run_once(killed_twice):
+    k = killed_twice
+    assert k["first"].returncode == -9, k["first"].stderr[-2000:]
+    assert any(t.state == TrialState.RUNNING for t in k["after_first"])  # killed with trials midway
+    assert k["third"].returncode == 0, k["third"].stderr[-2000:]
+    trials = read_trials(k["db"], "tiny")
+    assert [t.number for t in trials] == list(range(PLANNED))  # none lost, none added in place of a lost one
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
+    assert len({t.user_attrs["ray_trial_id"] for t in trials}) == PLANNED
+    for t in trials:
+        assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs"] + 1))
+    # Trials that had ended before the kill were not run again.
+    ended_before = {t.number for t in k["after_first"] if t.state.is_finished()}
+    assert not {n for n in range(PLANNED) if f"trial {n} started" in k["second"].stdout} & ended_before
+    assert len((k["root"] / "trials.csv").read_text().strip().splitlines()) == 1 + PLANNED
+
+
+def test_a_damaged_trial_checkpoint_restarts_that_trial_from_epoch_0_once(killed_twice):
+    k = killed_twice
+    assert k["damaged"], "the driver was not killed with a trial midway"
+    trials = {t.user_attrs["ray_trial_id"]: t for t in read_trials(k["db"], "tiny")}
+    for trial_id in k["damaged"]:
+        t = trials[trial_id]
+        assert f"trial {t.number}: its checkpoint could not be loaded" in k["second"].stdout
+        assert "restarted from epoch 0" in t.user_attrs["restarted"]
+        (trial_dir,) = k["root"].glob(f"tune/*_{trial_id}_*")
+        epochs = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
+        restarts = [i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1]]
+        assert len(restarts) == 1 and epochs[restarts[0]] == 1 and epochs[-1] == t.user_attrs["epochs"], epochs
+    assert "crashed; retrying" not in k["second"].stdout  # the damaged file was not tried again and again
+
+
+def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(killed_twice):
+    k = killed_twice
+    assert k["second"].returncode == -9 and "final run completed" not in k["second"].stdout, k["second"].stdout[-2000:]
+    assert k["third"].returncode == 0, k["third"].stderr[-2000:]
+    assert " started:" not in k["third"].stdout  # the search was over: only the final run went on
+    assert read_trials(k["db"], "tiny") == k["after_second"]
+    final = k["root"] / "final"
+    summary = json.loads((final / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    rows = (final / "metrics.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2]
+    assert "final run completed" in k["third"].stdout
+
+
+def test_a_second_driver_on_a_running_study_is_refused_with_one_line_and_writes_nothing(killed_twice):
+    k = killed_twice
+    assert k["others"] is not None and k["alive_after_others"]
+    for name in ("resume", "plain"):
+        out, err, code = k["others"][name]
+        assert code == 2 and out == "", (name, out, err)
+        (line,) = err.strip().splitlines()
+        assert line.startswith("error: ") and "'tiny'" in line and f"another driver (PID {k['pid']})" in line, line
+    out, err, code = k["others"]["report"]
+    assert code == 0, err[-2000:]  # reading a running study is fine
+
+
+def test_settling_marks_trials_optuna_saw_end_as_terminated_in_tunes_saved_state(tmp_path):
+    experiment = tmp_path / "tune"
+    experiment.mkdir()
+    state = {"trial_data": [[json.dumps({"trial_id": tid, "status": "RUNNING"}), "{}"] for tid in ("a", "b")],
+             "runner_data": {}, "stats": {}}
+    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="s")
+    for tid, ended in (("a", True), ("b", False)):
+        trial = study.ask()
+        trial.set_user_attr("ray_trial_id", tid)
+        if ended:
+            study.tell(trial, state=TrialState.PRUNED)
+    assert settle_ended_trials(str(experiment), study) == ["a"]
+    assert [(t["trial_id"], t["status"]) for t, _ in saved_tune_trials(experiment)] == [("a", "TERMINATED"),
+                                                                                          ("b", "RUNNING")]
