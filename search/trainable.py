@@ -41,19 +41,30 @@ def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, 
     run_dir = Path(out_dir) if out_dir else Path.cwd() / RUN_DIR
     last = run_dir / "checkpoints" / CHECKPOINT_FILE
     checkpoint = tune.get_checkpoint()
+    source, missing = str(last), ""
     if final and last.is_file():
         resume = True  # the final run's own directory on this machine: at least as new as Tune's copy
     elif checkpoint is not None:
+        source = f"{checkpoint.path}/{CHECKPOINT_FILE}"
         # A trial resumes from what Tune (and so Optuna) has seen, never from a later local file.
-        with checkpoint.as_directory() as d:
-            with open(Path(d) / CHECKPOINT_FILE, "rb") as src:
-                atomic_write(last, lambda dst: shutil.copyfileobj(src, dst))
-        resume = True
+        try:
+            with checkpoint.as_directory() as d:
+                with open(Path(d) / CHECKPOINT_FILE, "rb") as src:
+                    atomic_write(last, lambda dst: shutil.copyfileobj(src, dst))
+            resume = True
+        except FileNotFoundError:
+            missing = "not there"
+            resume = False
     else:
-        last.unlink(missing_ok=True)  # left by an attempt that crashed before its first report
         resume = False
+    if not resume:
+        last.unlink(missing_ok=True)  # left by an attempt that crashed before its first report
 
     restarted: list[str] = []  # the reason, until the first report after a restart carries it
+
+    def restart(why: str) -> None:
+        restarted.append(f"its checkpoint {source} could not be used ({why}); restarted from epoch 0")
+        print(restarted[0], file=sys.stderr, flush=True)  # the trial's worker log
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         if restarted:
@@ -71,12 +82,14 @@ def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, 
             if not final:
                 path.unlink(missing_ok=True)
 
+    if missing:
+        restart(missing)
     try:
         train(config, run_dir, resume=resume, callback=report, curves=final, keep_best=final)
     except CheckpointError as e:  # raised before the first epoch, by the load of last.pt
         if not resume:
             raise
-        restarted.append(f"its checkpoint could not be loaded ({e}); restarted from epoch 0")
-        print(f"{restarted[0]}", file=sys.stderr, flush=True)  # the trial's worker log
+        why = str(e).removeprefix(f"{last}: ").split(". ")[0][:200]  # torch's reason runs on for lines
+        restart(why + ")" * (why.count("(") - why.count(")")))
         last.unlink(missing_ok=True)
         train(config, run_dir, resume=False, callback=report, curves=final, keep_best=final)

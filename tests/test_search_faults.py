@@ -8,6 +8,7 @@ One study (tests/studies/tiny.toml) goes through all of them, as a user would me
    `python -m search.report` works; it is killed in turn during the final run;
 3. `--resume` ends the study.
 """
+import contextlib
 import json
 import subprocess
 import sys
@@ -18,7 +19,8 @@ import psutil
 import pytest
 from optuna.trial import TrialState
 
-from conftest import REPO, process_tree, read_trials, run_study
+from conftest import REPO, process_tree, read_trials, run_study, tiny_config
+from recipe.config import SEARCHED
 from search.tuning import settle_ended_trials
 
 STUDY = str(REPO / "tests" / "studies" / "tiny.toml")
@@ -139,7 +141,8 @@ def test_a_damaged_trial_checkpoint_restarts_that_trial_from_epoch_0_once(killed
     trials = {t.user_attrs["ray_trial_id"]: t for t in read_trials(k["db"], "tiny")}
     for trial_id in k["damaged"]:
         t = trials[trial_id]
-        assert f"trial {t.number}: its checkpoint could not be loaded" in k["second"].stdout
+        (line,) = [ln for ln in k["second"].stdout.splitlines() if f"trial {t.number}: its checkpoint" in ln]
+        assert f"_{trial_id}_" in line and "could not be used (not a readable checkpoint" in line, line
         assert "restarted from epoch 0" in t.user_attrs["restarted"]
         (trial_dir,) = k["root"].glob(f"tune/*_{trial_id}_*")
         epochs = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
@@ -189,3 +192,32 @@ def test_settling_marks_trials_optuna_saw_end_as_terminated_in_tunes_saved_state
     assert settle_ended_trials(str(experiment), study) == ["a"]
     assert [(t["trial_id"], t["status"]) for t, _ in saved_tune_trials(experiment)] == [("a", "TERMINATED"),
                                                                                           ("b", "RUNNING")]
+
+
+class FakeCheckpoint:
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    @contextlib.contextmanager
+    def as_directory(self):
+        yield self.path
+
+
+def test_a_trial_whose_checkpoint_is_truncated_restarts_from_epoch_0_and_says_why(tmp_path, monkeypatch, capsys):
+    from search import trainable
+
+    tune_copy = tmp_path / "tune" / "checkpoint_000001"
+    tune_copy.mkdir(parents=True)
+    (tune_copy / "last.pt").write_bytes(b"PK\x03\x04 cut short")
+    reports = []
+    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: FakeCheckpoint(tune_copy))
+    monkeypatch.setattr(trainable.tune, "report", lambda metrics, checkpoint=None: reports.append(metrics))
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(epochs=2).to_dict()
+    params = {k: config.pop(k) for k in SEARCHED}
+    trainable.run_recipe(params, base=config, threads=1)
+    assert [r["epoch"] for r in reports] == [1, 2]
+    why = reports[0][trainable.RESTARTED]
+    assert why.startswith(f"its checkpoint {tune_copy}/last.pt could not be used (not a readable checkpoint")
+    assert why.endswith("); restarted from epoch 0") and trainable.RESTARTED not in reports[1]
+    assert why in capsys.readouterr().err
