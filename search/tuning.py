@@ -115,11 +115,19 @@ def settle_ended_trials(experiment: str, study: optuna.Study) -> list[str]:
     """
     ended = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
-    newest = _find_newest_experiment_checkpoint(root, fs=fs)
-    if newest is None or not ended:
+    while True:
+        newest = _find_newest_experiment_checkpoint(root, fs=fs)
+        if newest is None:
+            raise RecipeError(f"{experiment}: Ray Tune's saved state of this study is damaged; remove "
+                              f"{experiment.rsplit('/', 1)[0]} to start over")
+        try:
+            with fs.open_input_stream(newest) as f:
+                state = json.loads(f.readall())
+            break
+        except ValueError:  # cut short: the driver died while Tune copied it
+            set_aside_session(fs, root, newest)
+    if not ended:
         return []
-    with fs.open_input_stream(newest) as f:
-        state = json.loads(f.readall())
     settled = []
     for entry in state["trial_data"]:
         trial = json.loads(entry[0])
@@ -133,6 +141,18 @@ def settle_ended_trials(experiment: str, study: optuna.Study) -> list[str]:
             f.write(json.dumps(state).encode())
         fs.move(tmp, newest)
     return settled
+
+
+def set_aside_session(fs: pyarrow.fs.FileSystem, root: str, state_file: str) -> None:
+    """Rename (*.damaged) every file one driver session of Tune saved, so that Tune resumes from the session before.
+
+    Tune would otherwise fail to read the state and silently start the experiment over, sampling
+    every trial again beside the ones Optuna holds. The searcher squares the older state with Optuna.
+    """
+    session = state_file.rsplit("experiment_state-", 1)[1].removesuffix(".json")
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root)):
+        if info.base_name.endswith((f"-{session}.json", f"-{session}.pkl")):
+            fs.move(info.path, f"{info.path}.damaged")
 
 
 def search(p: Plan, gpus: int) -> None:

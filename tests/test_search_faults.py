@@ -177,7 +177,7 @@ def test_a_second_driver_on_a_running_study_is_refused_with_one_line_and_writes_
     assert code == 0, err[-2000:]  # reading a running study is fine
 
 
-def test_settling_marks_trials_optuna_saw_end_as_terminated_in_tunes_saved_state(tmp_path):
+def test_settling_marks_trials_optuna_saw_end_as_terminated_and_sets_aside_a_cut_short_state(tmp_path):
     experiment = tmp_path / "tune"
     experiment.mkdir()
     state = {"trial_data": [[json.dumps({"trial_id": tid, "status": "RUNNING"}), "{}"] for tid in ("a", "b")],
@@ -189,9 +189,14 @@ def test_settling_marks_trials_optuna_saw_end_as_terminated_in_tunes_saved_state
         trial.set_user_attr("ray_trial_id", tid)
         if ended:
             study.tell(trial, state=TrialState.PRUNED)
+    # A later session's state, cut short by the kill: set aside, with that session's other files.
+    (experiment / "experiment_state-2026-01-02_00-00-00.json").write_text(json.dumps(state)[:50])
+    (experiment / "searcher-state-2026-01-02_00-00-00.pkl").write_bytes(b"...")
     assert settle_ended_trials(str(experiment), study) == ["a"]
     assert [(t["trial_id"], t["status"]) for t, _ in saved_tune_trials(experiment)] == [("a", "TERMINATED"),
                                                                                           ("b", "RUNNING")]
+    assert sorted(p.name for p in experiment.glob("*.damaged")) == [
+        "experiment_state-2026-01-02_00-00-00.json.damaged", "searcher-state-2026-01-02_00-00-00.pkl.damaged"]
 
 
 class FakeCheckpoint:
