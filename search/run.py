@@ -176,19 +176,22 @@ def sigterm_as_sigint(signum: int, frame: Any) -> None:
 
 def hold_lock(p: Plan) -> None:
     """Take the study's lock for the driver's life (the kernel drops it when the driver dies)."""
-    existed = p.paths.root.exists()
+    created = [d for d in (p.paths.root, *p.paths.root.parents) if not d.exists()]  # removed again if left empty
     lock.take(p.paths.root, p.spec.name)
     if study_state(p.paths) != p.state:  # another driver ran it between plan() and now
         raise RecipeError(f"{p.paths.root}: study {p.spec.name!r} changed while this driver started; run the command again")
-    if not existed:
-        atexit.register(forget_if_empty, p.paths.root)
+    if created:
+        atexit.register(forget_if_empty, p.paths.root, created)
 
 
-def forget_if_empty(root: Path) -> None:
+def forget_if_empty(root: Path, created: list[Path]) -> None:
     """A new study that stopped before writing anything (a bad --gpus, say) leaves no directory behind."""
     if root.is_dir() and [f.name for f in root.iterdir()] == [lock.LOCK_FILE]:
         lock.lock_path(root).unlink()
-        root.rmdir()
+        for d in created:  # the study's directory, then the results directory if this driver made it
+            if any(d.iterdir()):
+                break
+            d.rmdir()
 
 
 def main(argv: list[str] | None = None) -> int:

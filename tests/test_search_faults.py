@@ -10,6 +10,7 @@ One study (tests/studies/tiny.toml) goes through all of them, as a user would me
 """
 import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,25 @@ def test_a_trial_whose_checkpoint_is_truncated_restarts_from_epoch_0_and_says_wh
     assert why.startswith(f"its checkpoint {tune_copy}/last.pt could not be used (not a readable checkpoint")
     assert why.endswith("); restarted from epoch 0") and trainable.RESTARTED not in reports[1]
     assert why in capsys.readouterr().err
+
+
+def test_a_study_lock_is_held_for_its_drivers_life_and_freed_when_it_is_killed(tmp_path):
+    from search import lock
+
+    root = tmp_path / "results" / "s"
+    lock.check_free(root, "s")  # no study yet: free, and nothing written
+    assert not (tmp_path / "results").exists()
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from search import lock; "
+                               f"lock.take(__import__('pathlib').Path({str(root)!r}), 's'); print('held', flush=True); "
+                               "time.sleep(600)"], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for attempt in (lock.check_free, lock.take):
+            with pytest.raises(lock.StudyBusy, match=rf"study 's' is being run by another driver \(PID {holder.pid}\)"):
+                attempt(root, "s")
+    finally:
+        holder.kill()  # SIGKILL: no handler, no atexit; the kernel lets go of the lock
+        holder.wait()
+    lock.check_free(root, "s")
+    os.close(lock.take(root, "s"))
+    assert (root / "driver.lock").read_text().strip() == str(os.getpid())
