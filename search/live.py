@@ -13,6 +13,7 @@ from ray.tune import Callback
 
 from search.searcher import StudySearcher
 from search.study import StudySpec
+from search.trainable import RESTARTED
 
 
 def settings(params: dict[str, float]) -> str:
@@ -93,6 +94,8 @@ class LiveView(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if trial.trial_id in self.running and "epoch" in result:
             self.running[trial.trial_id] = (result["epoch"], result.get(self.spec.metric, float("nan")))
+        if RESTARTED in result:
+            self._line(f"{self._name(trial)}: {result[RESTARTED]}")
         self._status()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -143,6 +146,8 @@ class FinalView(Callback):
         self.epochs, self.stream = state["epochs"], sys.stdout
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if RESTARTED in result:
+            self.stream.write(f"{time.strftime('%H:%M:%S')}  final run: {result[RESTARTED]}\n")
         if "epoch" in result:
             self.stream.write(
                 f"{time.strftime('%H:%M:%S')}  final epoch {result['epoch']}/{self.epochs}: train loss "

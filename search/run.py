@@ -10,6 +10,7 @@ its state saved; --resume continues it.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import ipaddress
 import json
@@ -25,6 +26,7 @@ from typing import Any
 from recipe.cli import Parser, add_config_flags, fail, given_settings
 from recipe.config import RecipeError
 from recipe.data import load_splits
+from search import lock
 from search import study as studies
 from search.study import StudyPaths, StudySpec
 
@@ -44,6 +46,7 @@ class Plan:
     storage: str  # where Ray Tune keeps its experiments: <storage>/<study>/tune and .../final-tune
     address: str | None
     final: bool
+    state: str = "new"  # study_state() when planned; the driver checks it again once it holds the study's lock
 
     @property
     def on_loopback(self) -> bool:
@@ -131,6 +134,7 @@ def plan(args: argparse.Namespace) -> Plan:
             raise RecipeError(f"--{name.replace('_', '-')}: must be >= {low}, got {value}")
     spec = studies.load(args.study)
     paths = StudyPaths.of(args.results_dir, spec.name)
+    lock.check_free(paths.root, spec.name)  # before the state: a running study looks interrupted
     state = study_state(paths)
     resume = args.resume
     if state == "new" and resume:
@@ -162,7 +166,7 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.storage and "://" not in args.storage:
         storage = str(Path(args.storage).resolve())
     return Plan(spec=spec, paths=paths, resume=resume, storage=f"{storage}/{spec.name}", address=args.address,
-                final=not args.no_final)
+                final=not args.no_final, state=state)
 
 
 def sigterm_as_sigint(signum: int, frame: Any) -> None:
@@ -170,10 +174,31 @@ def sigterm_as_sigint(signum: int, frame: Any) -> None:
     os.kill(os.getpid(), signal.SIGINT)
 
 
+def hold_lock(p: Plan) -> None:
+    """Take the study's lock for the driver's life (the kernel drops it when the driver dies)."""
+    created = [d for d in (p.paths.root, *p.paths.root.parents) if not d.exists()]  # removed again if left empty
+    lock.take(p.paths.root, p.spec.name)
+    if study_state(p.paths) != p.state:  # another driver ran it between plan() and now
+        raise RecipeError(f"{p.paths.root}: study {p.spec.name!r} changed while this driver started; run the command again")
+    if created:
+        atexit.register(forget_if_empty, p.paths.root, created)
+
+
+def forget_if_empty(root: Path, created: list[Path]) -> None:
+    """A new study that stopped before writing anything (a bad --gpus, say) leaves no directory behind."""
+    if root.is_dir() and [f.name for f in root.iterdir()] == [lock.LOCK_FILE]:
+        lock.lock_path(root).unlink()
+        for d in created:  # the study's directory, then the results directory if this driver made it
+            if any(d.iterdir()):
+                break
+            d.rmdir()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         p = plan(args)
+        hold_lock(p)
     except RecipeError as e:
         fail(str(e))
     if p.on_loopback:

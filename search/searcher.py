@@ -9,8 +9,9 @@ the dashboard show them as such. Here:
 - a trial that ran the whole horizon is COMPLETE, with its value at the horizon;
 - a trial stopped before the horizon is PRUNED (Optuna keeps its last value as its value);
 - a trial that crashed (after its retries) or diverged is FAIL, its reason in user attrs;
-- after a restore, a RUNNING Optuna trial that Tune no longer knows is marked FAIL, so no
-  trial stays RUNNING forever.
+- after a restore, a RUNNING Optuna trial that Tune no longer knows (the driver died before
+  Tune saved it) goes back to Optuna's queue, and the next trial Tune starts runs it; a RUNNING
+  trial left when the search ends is marked FAIL, so no trial stays RUNNING forever.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.results import best_trial
 from search.study import StudySpec
+from search.trainable import RESTARTED
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ class StudySearcher(OptunaSearch):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+            if RESTARTED in result:  # a damaged checkpoint: the trial ran again from epoch 0
+                self._ot_trials[trial_id].set_user_attr(RESTARTED, result[RESTARTED])
             self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
@@ -139,10 +143,33 @@ class StudySearcher(OptunaSearch):
         self._final_states[trial_id] = (state.name.lower(), reason)
 
     def restore(self, checkpoint_path: str) -> None:
+        """Take up the searcher's state as Tune last saved it, squared with what Optuna has since.
+
+        Tune saves its state every few seconds, and a driver may die (SIGKILL, a lost machine)
+        between two saves. Then Optuna may hold a trial as ended that the saved state has running:
+        it counts as ended (tuning.settle_ended_trials keeps Tune from running it again). And Optuna
+        may hold RUNNING trials that Tune never saved, which never ran to an end: they go back to
+        Optuna's queue (WAITING), so the trials Tune starts in their place take them up with their
+        sampled settings, instead of new ones beside a FAIL that would not count.
+        """
         super().restore(checkpoint_path)
-        live = {t.number for tid, t in self._ot_trials.items() if tid not in self._completed_trials}
-        fail_running(self._ot_study, "the study stopped before Tune recorded this trial; it never ran to an end",
-                     keep=live)
+        by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
+        for trial_id, trial in self._ot_trials.items():
+            frozen = by_number.get(trial.number)
+            if trial_id not in self._completed_trials and frozen is not None and frozen.state.is_finished():
+                self._completed_trials.add(trial_id)
+                self._final_states[trial_id] = (frozen.state.name.lower(), frozen.user_attrs.get("reason"))
+        requeue_unknown(self._ot_study, known={t.number for t in self._ot_trials.values()})
+
+
+def requeue_unknown(study: optuna.Study, known: set[int]) -> list[int]:
+    """Put back in Optuna's queue (WAITING) every RUNNING trial not numbered in `known`."""
+    requeued = []
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if frozen.number not in known:
+            study._storage.set_trial_state_values(frozen._trial_id, TrialState.WAITING)
+            requeued.append(frozen.number)
+    return requeued
 
 
 def fail_running(study: optuna.Study, reason: str, keep: set[int] = frozenset()) -> list[int]:

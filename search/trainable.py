@@ -5,11 +5,18 @@ directory it is given. Every epoch the recipe's last.pt goes to Tune as that epo
 checkpoint, so a trial Tune restarts (a crash, a lost node, a resumed study) continues from
 it wherever it lands. Tune's copy is a trial's only one: the trial deletes its own once
 reported (Tune keeps the latest per trial in its experiment directory).
+
+A checkpoint that cannot be loaded (truncated by a full disk or a killed copy, say) restarts the
+run from epoch 0, and the first epoch it reports says so (result key "restarted"). The run is
+seeded, so on the same device it reproduces the epochs ASHA and Optuna already hold, and both keep
+the value they saw first for an epoch: their records stay those of one run. Failing the trial
+instead would have Tune retry it from the same damaged file until its retries ran out.
 """
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,11 +24,12 @@ from typing import Any
 import torch
 from ray import tune
 
-from recipe.checkpoint import atomic_write
+from recipe.checkpoint import CheckpointError, atomic_write
 from recipe.config import RecipeConfig
 from recipe.train import train
 
 CHECKPOINT_FILE = "last.pt"
+RESTARTED = "restarted"  # result key of the first epoch after a restart from epoch 0: why
 RUN_DIR = "run"  # a trial's run directory, inside its Tune working directory
 
 
@@ -33,19 +41,34 @@ def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, 
     run_dir = Path(out_dir) if out_dir else Path.cwd() / RUN_DIR
     last = run_dir / "checkpoints" / CHECKPOINT_FILE
     checkpoint = tune.get_checkpoint()
+    source, missing = str(last), ""
     if final and last.is_file():
         resume = True  # the final run's own directory on this machine: at least as new as Tune's copy
     elif checkpoint is not None:
+        source = f"{checkpoint.path}/{CHECKPOINT_FILE}"
         # A trial resumes from what Tune (and so Optuna) has seen, never from a later local file.
-        with checkpoint.as_directory() as d:
-            with open(Path(d) / CHECKPOINT_FILE, "rb") as src:
-                atomic_write(last, lambda dst: shutil.copyfileobj(src, dst))
-        resume = True
+        try:
+            with checkpoint.as_directory() as d:
+                with open(Path(d) / CHECKPOINT_FILE, "rb") as src:
+                    atomic_write(last, lambda dst: shutil.copyfileobj(src, dst))
+            resume = True
+        except FileNotFoundError:
+            missing = "not there"
+            resume = False
     else:
-        last.unlink(missing_ok=True)  # left by an attempt that crashed before its first report
         resume = False
+    if not resume:
+        last.unlink(missing_ok=True)  # left by an attempt that crashed before its first report
+
+    restarted: list[str] = []  # the reason, until the first report after a restart carries it
+
+    def restart(why: str) -> None:
+        restarted.append(f"its checkpoint {source} could not be used ({why}); restarted from epoch 0")
+        print(restarted[0], file=sys.stderr, flush=True)  # the trial's worker log
 
     def report(metrics: dict[str, Any], path: Path | None) -> None:
+        if restarted:
+            metrics = {**metrics, RESTARTED: restarted.pop()}
         if path is None:  # a diverged epoch: nothing worth resuming from
             tune.report(metrics)
             return
@@ -59,4 +82,14 @@ def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, 
             if not final:
                 path.unlink(missing_ok=True)
 
-    train(config, run_dir, resume=resume, callback=report, curves=final, keep_best=final)
+    if missing:
+        restart(missing)
+    try:
+        train(config, run_dir, resume=resume, callback=report, curves=final, keep_best=final)
+    except CheckpointError as e:  # raised before the first epoch, by the load of last.pt
+        if not resume:
+            raise
+        why = str(e).removeprefix(f"{last}: ").split(". ")[0][:200]  # torch's reason runs on for lines
+        restart(why + ")" * (why.count("(") - why.count(")")))
+        last.unlink(missing_ok=True)
+        train(config, run_dir, resume=False, callback=report, curves=final, keep_best=final)

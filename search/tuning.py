@@ -16,6 +16,8 @@ from ray import tune
 from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
 from ray._raylet import AuthenticationMode, GcsClient, get_authentication_mode  # no public API for these
 from ray.exceptions import ActorDiedError, AuthenticationError, GetTimeoutError, RpcError
+from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
 from recipe.checkpoint import write_json
@@ -190,6 +192,56 @@ def base_config(config_dict: dict[str, Any], gpus: int) -> dict[str, Any]:
     return {k: v for k, v in config_dict.items() if k not in SEARCHED} | {"device": "cuda" if gpus else "cpu"}
 
 
+def settle_ended_trials(experiment: str, study: optuna.Study) -> list[str]:
+    """Mark TERMINATED, in Tune's saved state, the trials Optuna holds as ended; returns their Tune ids.
+
+    Tune saves its experiment state every few seconds; a driver killed after a trial ended but before
+    the next save leaves that trial RUNNING there, with its checkpoint already deleted
+    (DropEndedCheckpoints). Resumed as it is, Tune would run the trial again, failing to restore that
+    checkpoint until its retries ran out. Optuna's record (written as the trial ends) says it ended.
+    """
+    ended = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
+    while True:
+        newest = _find_newest_experiment_checkpoint(root, fs=fs)
+        if newest is None:
+            raise RecipeError(f"{experiment}: Ray Tune's saved state of this study is damaged; remove "
+                              f"{experiment.rsplit('/', 1)[0]} to start over")
+        try:
+            with fs.open_input_stream(newest) as f:
+                state = json.loads(f.readall())
+            break
+        except ValueError:  # cut short: the driver died while Tune copied it
+            set_aside_session(fs, root, newest)
+    if not ended:
+        return []
+    settled = []
+    for entry in state["trial_data"]:
+        trial = json.loads(entry[0])
+        if trial["trial_id"] in ended and trial["status"] not in (Trial.TERMINATED, Trial.ERROR):
+            trial["status"] = Trial.TERMINATED
+            entry[0] = json.dumps(trial)
+            settled.append(trial["trial_id"])
+    if settled:
+        tmp = f"{newest}.tmp"
+        with fs.open_output_stream(tmp) as f:
+            f.write(json.dumps(state).encode())
+        fs.move(tmp, newest)
+    return settled
+
+
+def set_aside_session(fs: pyarrow.fs.FileSystem, root: str, state_file: str) -> None:
+    """Rename (*.damaged) every file one driver session of Tune saved, so that Tune resumes from the session before.
+
+    Tune would otherwise fail to read the state and silently start the experiment over, sampling
+    every trial again beside the ones Optuna holds. The searcher squares the older state with Optuna.
+    """
+    session = state_file.rsplit("experiment_state-", 1)[1].removesuffix(".json")
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(root)):
+        if info.base_name.endswith((f"-{session}.json", f"-{session}.pkl")):
+            fs.move(info.path, f"{info.path}.damaged")
+
+
 def search(p: Plan, gpus: int) -> None:
     spec, paths = p.spec, p.paths
     experiment = f"{p.storage}/tune"
@@ -199,6 +251,7 @@ def search(p: Plan, gpus: int) -> None:
         resources(spec, gpus),
     )
     if p.resume and tune.Tuner.can_restore(experiment):
+        settle_ended_trials(experiment, open_study(paths, spec))
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
     elif p.resume and paths.optuna_db.exists() and open_study(paths, spec).trials:
         raise RecipeError(f"{experiment}: no Ray Tune state of this study there (was it started with another "

@@ -87,17 +87,34 @@ def test_a_second_completion_of_a_trial_changes_nothing(setup):
     assert reopen().trials[0].value == 0.4
 
 
-def test_a_restored_searcher_fails_trials_that_tune_never_recorded(setup, tmp_path):
+def test_a_restored_searcher_hands_a_trial_tune_never_recorded_to_the_next_trial_tune_starts(setup, tmp_path):
     _, searcher, reopen = setup
     searcher.suggest("t0")
     searcher.save(str(tmp_path / "state.pkl"))  # Tune's periodic save
-    searcher.suggest("t1")  # asked after the save: the driver then dies
+    lost = searcher.suggest("t1")  # asked after the save: the driver then dies
     searcher.restore(str(tmp_path / "state.pkl"))
     trials = reopen().trials
     assert trials[0].state == TrialState.RUNNING  # Tune resumes it
-    assert trials[1].state == TrialState.FAIL and "never ran" in trials[1].user_attrs["reason"]
+    assert trials[1].state == TrialState.WAITING  # never ran to an end: back in the queue, not a FAIL
+    assert searcher.suggest("t2") == lost  # Tune's next trial runs it, with the settings sampled for it
     run_epochs(searcher, "t0", [0.1, 0.2, 0.3, 0.4])
-    assert reopen().trials[0].state == TrialState.COMPLETE
+    run_epochs(searcher, "t2", [0.1, 0.2, 0.3, 0.4])
+    trials = reopen().trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert trials[1].user_attrs["ray_trial_id"] == "t2"
+
+
+def test_a_restored_searcher_counts_a_trial_optuna_saw_end_after_tunes_save_as_ended(setup, tmp_path):
+    _, searcher, reopen = setup
+    searcher.suggest("t0")
+    searcher.on_trial_result("t0", {"epoch": 1, "eval_acc": 0.1})
+    searcher.save(str(tmp_path / "state.pkl"))
+    run_epochs(searcher, "t0", [0.1, 0.2], last_via_complete=False)  # stopped at a rung, after the save
+    searcher.restore(str(tmp_path / "state.pkl"))
+    assert searcher.tally() == {"complete": 0, "pruned": 1, "fail": 0}
+    searcher.on_trial_complete("t0", result={"epoch": 4, "eval_acc": 0.9})  # nothing changes it now
+    (trial,) = reopen().trials
+    assert trial.state == TrialState.PRUNED and trial.intermediate_values == {1: 0.1, 2: 0.2}
 
 
 def test_trials_left_running_at_the_end_are_failed_with_a_reason(setup):
