@@ -8,7 +8,8 @@ the dashboard show them as such. Here:
 - every epoch's value is an intermediate value of its Optuna trial, the last one included;
 - a trial that ran the whole horizon is COMPLETE, with its value at the horizon;
 - a trial stopped before the horizon is PRUNED (Optuna keeps its last value as its value);
-- a trial that crashed (after its retries) or diverged is FAIL, its reason in user attrs;
+- a trial that crashed (after its retries), diverged or found its disk full (not retried) is FAIL,
+  its reason in user attrs;
 - after a restore, a RUNNING Optuna trial that Tune no longer knows is marked FAIL, so no
   trial stays RUNNING forever.
 """
@@ -26,6 +27,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.results import best_trial
 from search.study import StudySpec
+from search.trainable import DISK_FULL
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +100,8 @@ class StudySearcher(OptunaSearch):
             logger.debug("not reported for %s: %s", trial_id, e)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if result.get("status") == DISK_FULL:  # the last epoch's figures again, told already
+            return
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             self._report(trial_id, result)
 
@@ -111,6 +115,9 @@ class StudySearcher(OptunaSearch):
             return
         if not result:  # removed by Tune before its first epoch ended
             self._finish(trial_id, TrialState.FAIL, None, epochs=0, reason="ended before its first epoch")
+            return
+        if result.get("status") == DISK_FULL:
+            self._finish(trial_id, TrialState.FAIL, None, epochs=epochs, reason=result.get("reason") or "disk full")
             return
         self._report(trial_id, result)  # Tune skips on_trial_result for the stopping epoch
         if result.get("status") == "diverged":
