@@ -26,7 +26,7 @@ from typing import Any
 from recipe.checkpoint import DiskFullError, human_size, is_disk_full, unwritable_reason
 from recipe.cli import Parser, add_config_flags, fail, given_settings
 from recipe.config import RecipeError
-from recipe.data import load_splits, one_line
+from recipe.data import load_splits
 from search import study as studies
 from search.study import StudyPaths, StudySpec
 
@@ -207,10 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if not is_disk_full(e):
             raise
-        # The study's own files (trials.csv, best.json, report.html, optuna.db) could not be written:
-        # Tune's state and every file written before are as they were, so --resume finishes the study.
-        print(f"error: the study stopped: {disk_full_message(e, p)}; its state is saved: free space, then continue "
-              f"with: {resume_command(args)}", file=sys.stderr)
+        # The study's own files (trials.csv, best.json, report.html, optuna.db) could not be written;
+        # each is written whole or not at all, so what was there before is as it was.
+        print(f"error: the study stopped: {disk_full_message(e, p)}; free space, then continue with: "
+              f"{resume_command(args)}", file=sys.stderr)
         return 1
 
 
@@ -226,8 +226,7 @@ def disk_full_message(error: BaseException, p: Plan) -> str:
             return f"{where}: {seen.strerror.lower()} ({human_size(free)} free there)"
         seen = seen.__cause__ or seen.__context__
     # sqlite (Optuna's storage) says "database or disk is full" and names no file.
-    free = human_size(shutil.disk_usage(p.paths.root).free)
-    return f"{p.paths.optuna_db}: {one_line(error).split(' [SQL')[0]} ({free} free there)"
+    return f"{p.paths.optuna_db}: database or disk is full ({human_size(shutil.disk_usage(p.paths.root).free)} free there)"
 
 
 def resume_command(args: argparse.Namespace) -> str:

@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from recipe.checkpoint import is_disk_full
 from search.results import best_trial
 from search.study import StudySpec
 from search.trainable import DISK_FULL
@@ -97,6 +98,8 @@ class StudySearcher(OptunaSearch):
         try:
             self._ot_trials[trial_id].report(float(value), int(epoch))
         except Exception as e:  # a trial told before a restore cannot take values again
+            if is_disk_full(e):  # optuna.db cannot be written: the study stops, its state saved
+                raise
             logger.debug("not reported for %s: %s", trial_id, e)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
@@ -141,6 +144,8 @@ class StudySearcher(OptunaSearch):
                 trial.set_user_attr("reason", reason)
             self._ot_study.tell(trial, value, state=state)
         except Exception as e:  # told already, before an interruption: keep what Optuna has
+            if is_disk_full(e):
+                raise
             logger.warning("trial %s: %s", trial.number, e)
         self._completed_trials.add(trial_id)
         self._final_states[trial_id] = (state.name.lower(), reason)

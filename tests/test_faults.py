@@ -63,9 +63,15 @@ class Tmpfs:
     def fill(self, leave: int) -> Path:
         """A file that takes all the free space but `leave` bytes (real pages: a sparse file would take none)."""
         filler = self.path / "filler"
-        free = shutil.disk_usage(self.path).free
         with open(filler, "wb") as f:
-            os.posix_fallocate(f.fileno(), 0, max(free - leave, 0))
+            size = 0
+            for chunk in (1 << 20, 4096):  # in steps: a running study writes meanwhile
+                while shutil.disk_usage(self.path).free - leave >= chunk:
+                    try:
+                        os.posix_fallocate(f.fileno(), size, chunk)
+                    except OSError:
+                        break
+                    size += chunk
         return filler
 
     def close(self) -> None:
@@ -292,3 +298,70 @@ def test_a_study_on_a_read_only_file_system_is_one_line_exit_2_before_ray_starts
     assert says in one_error_line(proc.stderr)
     assert proc.stdout == ""
     assert tree(work) == before and tree(read_only.path) == before_ro
+
+
+# ---- a study whose disk fills ----------------------------------------------------------------------
+
+def test_a_trial_that_finds_its_disk_full_fails_with_that_reason_and_its_epochs_kept(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from search import study as studies
+    from search.searcher import StudySearcher
+    from search.trainable import DISK_FULL
+
+    spec = studies.load(TINY_STUDY)
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = StudySearcher(spec, optuna.storages.RDBStorage(url))
+    searcher.suggest("t0")
+    epoch1 = {"epoch": 1, "eval_acc": 0.25, "status": "running"}
+    searcher.on_trial_result("t0", epoch1)
+    # What the trainable reports when train() raised DiskFullError: the last epoch's figures again, then it ends.
+    reason = "disk full: /x/last.pt: no space left on device (0 bytes free there, 58.1 KiB needed: ...)"
+    ended = {**epoch1, "status": DISK_FULL, "reason": reason}
+    searcher.on_trial_result("t0", ended)
+    searcher.on_trial_complete("t0", result=ended)
+    (trial,) = optuna.load_study(study_name=spec.name, storage=url).trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["reason"] == reason and trial.user_attrs["epochs"] == 1
+    assert trial.intermediate_values == {1: 0.25}
+    assert searcher.final_state("t0") == "fail" and searcher.failure_reason("t0") == reason
+
+
+@needs_mounts
+def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_with_its_files_intact(tmp_path, tmpfs):
+    fs = tmpfs("64m")
+    results = fs.where / "results"  # search.run resolves paths: it runs in the tmpfs's namespace (see above)
+    view = fs.path / "results" / "tiny"
+    command = ["nsenter", "-t", str(fs.holder.pid), "-m", "--", sys.executable, "-m", "search.run",
+               "--study", TINY_STUDY, "--results-dir", str(results)]
+    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    filled = None
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            if filled is None and any(view.glob("tune/*/checkpoint_*")):  # a trial has reported an epoch
+                spec_before = (view / "spec.json").read_bytes()
+                filled = fs.fill(leave=0)
+            time.sleep(0.1)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert filled is not None, "the study ended before the disk could be filled"
+    assert proc.returncode == 1, (proc.returncode, stderr[-3000:])
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith("error: the study stopped: ") and " free there)" in line, stderr[-3000:]
+    assert line.endswith(f"free space, then continue with: python -m search.run --study {TINY_STUDY} "
+                         f"--results-dir {results} --resume"), line
+    # Nothing the study had written is damaged: its spec, and its Optuna study with the trials told so far.
+    filled.unlink()
+    assert (view / "spec.json").read_bytes() == spec_before
+    shutil.copyfile(view / "optuna.db", tmp_path / "optuna.db")
+    import optuna
+
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert trials and trials[0].params
+    assert not list(view.glob("**/.*.tmp"))
