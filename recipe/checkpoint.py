@@ -1,9 +1,11 @@
 """Atomic writes and safe loading of checkpoints and result files."""
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -19,31 +21,145 @@ class CheckpointError(RecipeError):
     """A checkpoint cannot be used; the message says which file and why."""
 
 
+# Errors that say the file system has no room left: no space, or the user's quota used up.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(Exception):
+    """A file could not be written for want of space; the previous version of it is untouched.
+
+    Not a RecipeError: nothing was wrong with the input, and the same command (or --resume)
+    succeeds once space is freed. The message names the file, the free space and the space needed.
+    """
+
+    def __init__(self, message: str, path: Path) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """Whether `error`, or an error it was raised from, says the disk (or the quota) is full.
+
+    sqlite (so Optuna's storage) says "database or disk is full" rather than raising ENOSPC.
+    """
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, DiskFullError) or (isinstance(error, OSError) and error.errno in DISK_FULL):
+            return True
+        if "database or disk is full" in str(error) or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def human_size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+class _Tracked(io.RawIOBase):
+    """A write-only file that counts the bytes it is given and remembers the OSError it met.
+
+    torch.save reports a failed write as RuntimeError("[enforce fail at inline_container.cc] unexpected
+    pos ..."), which does not say why; the OSError underneath (ENOSPC) is kept here. With no file
+    behind it, it only counts: the size a write would need.
+    """
+
+    def __init__(self, f: io.BufferedWriter | None = None) -> None:
+        self.f, self.written, self.error = f, 0, None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        if self.f is not None:
+            try:
+                self.f.write(data)
+            except OSError as e:
+                self.error = e
+                raise
+        n = memoryview(data).nbytes
+        self.written += n
+        return n
+
+
+def _needed(write: Callable[[Any], None], written: int) -> tuple[int, str]:
+    """The space a write needs: measured by running it again into a counter, else what it wrote before failing."""
+    counter = _Tracked()
+    try:
+        write(counter)
+    except Exception:
+        counter.written = 0
+    if counter.written > written:
+        return counter.written, "the file's full size, measured"
+    return written, "at least what was written before the disk filled"
+
+
+def _disk_full(path: Path, write: Callable[[Any], None], written: int, error: BaseException) -> DiskFullError:
+    free = shutil.disk_usage(path.parent).free
+    needed, how = _needed(write, written)
+    kept = f"the previous {path.name} is untouched" if path.exists() else "nothing was written"
+    reason = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else "No space left on device"
+    return DiskFullError(f"{path}: {reason.lower()} ({human_size(free)} free there, {human_size(needed)} needed: "
+                         f"{how}); {kept}", path)
+
+
+def unwritable_reason(path: str | Path) -> str | None:
+    """Why a directory could not be created or written to, or None if it can; nothing is written to find out.
+
+    A path that is a file or lies under one, a directory this user may not write, or one on a
+    read-only file system: each is found now, before a run or a study has written anything.
+    """
+    target = Path(path).absolute()
+    probe = target
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent  # the nearest part of the path that exists: where a mkdir would start
+    if not probe.is_dir():
+        return "it is a file, not a directory" if probe == target else f"{probe} is a file, not a directory"
+    if os.access(probe, os.W_OK | os.X_OK):
+        return None
+    if os.statvfs(probe).f_flag & os.ST_RDONLY:
+        return f"{probe} is on a read-only file system"
+    return f"{probe} is not writable by this user"
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[io.RawIOBase], None]) -> None:
     """Write through a temporary file in the same directory, then rename it into place.
 
     A reader (or a crash) never sees a half-written file: it sees the old one or the new one.
     The file gets the mode a plain open() would give it under the umask (mkstemp's is 0600, which
     would keep colleagues and web servers from reading a study's report on a shared disk).
+    A full disk (or quota) raises DiskFullError, the old file left as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tracked = _Tracked()
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
-            write(f)
+            tracked.f = f
+            write(tracked)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        cause = tracked.error if tracked.error is not None else e
+        if isinstance(cause, OSError) and cause.errno in DISK_FULL:
+            raise _disk_full(path, write, tracked.written, cause) from None
         raise
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recipe.checkpoint import unwritable_reason
 from recipe.config import NUM_CLASSES, RecipeConfig, RecipeError
 
 SYNTHETIC_TRAIN = 10_000
@@ -121,6 +122,16 @@ def load_torchvision(data_dir: str | Path, download: bool) -> tuple[Arrays, Arra
     from filelock import FileLock  # a dependency of torch
     from torchvision.datasets import CIFAR100
 
+    folder = Path(data_dir)
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"--data-dir {data_dir}: it is a file, not a directory; give the directory that holds "
+                        f"(or is to hold) cifar-100-python/")
+    unwritable = unwritable_reason(data_dir) if download else None
+    if unwritable and not cifar100_present(data_dir):
+        raise DataError(f"--data-dir {data_dir}: cannot download CIFAR-100 there ({unwritable}); choose another "
+                        f"--data-dir, or put cifar-100-python/ there first")
+    if unwritable:  # the data is there: only read, and a read-only data directory is fine for that
+        download = False
     out = []
     for train in (True, False):
         try:

@@ -26,7 +26,7 @@ except ImportError:
     tqdm = None
 
 from recipe import checkpoint
-from recipe.checkpoint import CheckpointError
+from recipe.checkpoint import CheckpointError, DiskFullError, unwritable_reason
 from recipe.cli import Parser, add_config_flags, fail, given_settings
 from recipe.config import RESUME_MAY_DIFFER, SEARCHED, ConfigError, RecipeConfig, RecipeError
 from recipe.data import cifar100_present, load_splits
@@ -198,8 +198,13 @@ def train(
     raises a RecipeError before anything is written. curves=False skips curves.html and
     keep_best=False skips checkpoints/best.pt (a search's trials need neither). compile_backend is
     torch.compile's backend where config.compile asks for compilation (tests use "aot_eager").
+    A full disk raises DiskFullError with every file as it was before that write: resume=True
+    continues once space is freed.
     """
     out = Path(out_dir)
+    unwritable = unwritable_reason(out)
+    if unwritable:
+        raise RunDirError(f"{out}: cannot write there ({unwritable}); choose another --out")
     ckpt_dir = out / "checkpoints"
     last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
     device = resolve_device(config)
@@ -455,6 +460,11 @@ def main(argv: list[str] | None = None) -> int:
         summary = train(config, out, resume=args.resume, log=print, progress=progress)
     except RecipeError as e:
         fail(str(e))
+    except DiskFullError as e:
+        then = (f"continue with: python -m recipe.train --out {out} --resume" if (out / "checkpoints" / "last.pt").exists()
+                else "run the same command again")
+        print(f"error: {e}; free space, then {then}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         if (out / "checkpoints" / "last.pt").exists():
             print(f"\ninterrupted; continue with: python -m recipe.train --out {out} --resume", file=sys.stderr)

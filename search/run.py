@@ -16,6 +16,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import warnings
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recipe.checkpoint import DiskFullError, human_size, is_disk_full, unwritable_reason
 from recipe.cli import Parser, add_config_flags, fail, given_settings
 from recipe.config import RecipeError
 from recipe.data import load_splits
@@ -126,6 +128,13 @@ def study_state(paths: StudyPaths) -> str:
     return "finished" if ended else "searched"
 
 
+def check_writable(flag: str, given: str, path: Path) -> None:
+    """A directory the study will write: a file in the way, no permission or a read-only file system is bad input."""
+    reason = unwritable_reason(path)
+    if reason:
+        raise RecipeError(f"{flag} {given}: cannot write there ({reason}); choose another {flag}")
+
+
 def plan(args: argparse.Namespace) -> Plan:
     """Everything decided before Ray starts; bad input raises RecipeError and nothing is written."""
     for name, low in MINIMUMS.items():
@@ -134,6 +143,9 @@ def plan(args: argparse.Namespace) -> Plan:
             raise RecipeError(f"--{name.replace('_', '-')}: must be >= {low}, got {value}")
     spec = studies.load(args.study)
     paths = StudyPaths.of(args.results_dir, spec.name)
+    check_writable("--results-dir", args.results_dir, paths.root)
+    if args.storage and "://" not in args.storage:
+        check_writable("--storage", args.storage, Path(args.storage).resolve() / spec.name)
     lock.check_free(paths.root, spec.name)  # before the state: a running study looks interrupted
     state = study_state(paths)
     resume = args.resume
@@ -215,9 +227,38 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        where = "" if args.results_dir == "results" else f" --results-dir {args.results_dir}"
-        print(f"\ninterrupted; continue with: python -m search.run --study {args.study}{where} --resume", file=sys.stderr)
+        print(f"\ninterrupted; continue with: {resume_command(args)}", file=sys.stderr)
         return INTERRUPTED
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        # The study's own files (trials.csv, best.json, report.html, optuna.db) could not be written;
+        # each is written whole or not at all, so what was there before is as it was.
+        print(f"error: the study stopped: {disk_full_message(e, p)}; free space, then continue with: "
+              f"{resume_command(args)}", file=sys.stderr)
+        return 1
+
+
+def disk_full_message(error: BaseException, p: Plan) -> str:
+    """What could not be written, and the free space there, from a disk-full error of any layer."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, DiskFullError):
+            return str(seen)
+        if isinstance(seen, OSError) and seen.filename:
+            where = Path(seen.filename)
+            free = shutil.disk_usage(where.parent if where.parent.exists() else p.paths.root).free
+            return f"{where}: {seen.strerror.lower()} ({human_size(free)} free there)"
+        seen = seen.__cause__ or seen.__context__
+    # sqlite (Optuna's storage) says "database or disk is full" and names no file.
+    return f"{p.paths.optuna_db}: database or disk is full ({human_size(shutil.disk_usage(p.paths.root).free)} free there)"
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    where = "" if args.results_dir == "results" else f" --results-dir {args.results_dir}"
+    storage = f" --storage {args.storage}" if args.storage else ""
+    address = f" --address {args.address}" if args.address else ""
+    return f"python -m search.run --study {args.study}{where}{storage}{address} --resume"
 
 
 if __name__ == "__main__":

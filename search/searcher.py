@@ -8,7 +8,8 @@ the dashboard show them as such. Here:
 - every epoch's value is an intermediate value of its Optuna trial, the last one included;
 - a trial that ran the whole horizon is COMPLETE, with its value at the horizon;
 - a trial stopped before the horizon is PRUNED (Optuna keeps its last value as its value);
-- a trial that crashed (after its retries) or diverged is FAIL, its reason in user attrs;
+- a trial that crashed (after its retries), diverged or found its disk full (not retried) is FAIL,
+  its reason in user attrs;
 - after a restore, a RUNNING Optuna trial that Tune no longer knows (the driver died before
   Tune saved it) goes back to Optuna's queue, and the next trial Tune starts runs it; a RUNNING
   trial left when the search ends is marked FAIL, so no trial stays RUNNING forever.
@@ -25,9 +26,10 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from recipe.checkpoint import is_disk_full
 from search.results import best_trial
 from search.study import StudySpec
-from search.trainable import RESTARTED
+from search.trainable import DISK_FULL, RESTARTED
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +99,13 @@ class StudySearcher(OptunaSearch):
         try:
             self._ot_trials[trial_id].report(float(value), int(epoch))
         except Exception as e:  # a trial told before a restore cannot take values again
+            if is_disk_full(e):  # optuna.db cannot be written: the study stops, its state saved
+                raise
             logger.debug("not reported for %s: %s", trial_id, e)
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if result.get("status") == DISK_FULL:  # the last epoch's figures again, told already
+            return
         if trial_id in self._ot_trials and trial_id not in self._completed_trials:
             if RESTARTED in result:  # a damaged checkpoint: the trial ran again from epoch 0
                 self._ot_trials[trial_id].set_user_attr(RESTARTED, result[RESTARTED])
@@ -115,6 +121,9 @@ class StudySearcher(OptunaSearch):
             return
         if not result:  # removed by Tune before its first epoch ended
             self._finish(trial_id, TrialState.FAIL, None, epochs=0, reason="ended before its first epoch")
+            return
+        if result.get("status") == DISK_FULL:
+            self._finish(trial_id, TrialState.FAIL, None, epochs=epochs, reason=result.get("reason") or "disk full")
             return
         self._report(trial_id, result)  # Tune skips on_trial_result for the stopping epoch
         if result.get("status") == "diverged":
@@ -138,6 +147,8 @@ class StudySearcher(OptunaSearch):
                 trial.set_user_attr("reason", reason)
             self._ot_study.tell(trial, value, state=state)
         except Exception as e:  # told already, before an interruption: keep what Optuna has
+            if is_disk_full(e):
+                raise
             logger.warning("trial %s: %s", trial.number, e)
         self._completed_trials.add(trial_id)
         self._final_states[trial_id] = (state.name.lower(), reason)

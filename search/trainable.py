@@ -24,13 +24,15 @@ from typing import Any
 import torch
 from ray import tune
 
-from recipe.checkpoint import CheckpointError, atomic_write
+from recipe.checkpoint import CheckpointError, atomic_write, is_disk_full
 from recipe.config import RecipeConfig
+from recipe.data import one_line
 from recipe.train import train
 
 CHECKPOINT_FILE = "last.pt"
 RESTARTED = "restarted"  # result key of the first epoch after a restart from epoch 0: why
 RUN_DIR = "run"  # a trial's run directory, inside its Tune working directory
+DISK_FULL = "disk_full"  # the status of a trial's last result when it could not write for want of space
 
 
 def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, out_dir: str | None = None,
@@ -66,9 +68,13 @@ def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, 
         restarted.append(f"its checkpoint {source} could not be used ({why}); restarted from epoch 0")
         print(restarted[0], file=sys.stderr, flush=True)  # the trial's worker log
 
+    last_metrics: dict[str, Any] = {}
+
     def report(metrics: dict[str, Any], path: Path | None) -> None:
         if restarted:
             metrics = {**metrics, RESTARTED: restarted.pop()}
+        last_metrics.clear()
+        last_metrics.update(metrics)
         if path is None:  # a diverged epoch: nothing worth resuming from
             tune.report(metrics)
             return
@@ -85,11 +91,21 @@ def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, 
     if missing:
         restart(missing)
     try:
-        train(config, run_dir, resume=resume, callback=report, curves=final, keep_best=final)
-    except CheckpointError as e:  # raised before the first epoch, by the load of last.pt
-        if not resume:
-            raise
-        why = str(e).removeprefix(f"{last}: ").split(". ")[0][:200]  # torch's reason runs on for lines
-        restart(why + ")" * (why.count("(") - why.count(")")))
-        last.unlink(missing_ok=True)
-        train(config, run_dir, resume=False, callback=report, curves=final, keep_best=final)
+        try:
+            train(config, run_dir, resume=resume, callback=report, curves=final, keep_best=final)
+        except CheckpointError as e:  # raised before the first epoch, by the load of last.pt
+            if not resume:
+                raise
+            why = str(e).removeprefix(f"{last}: ").split(". ")[0][:200]  # torch's reason runs on for lines
+            restart(why + ")" * (why.count("(") - why.count(")")))
+            last.unlink(missing_ok=True)
+            train(config, run_dir, resume=False, callback=report, curves=final, keep_best=final)
+    except Exception as e:
+        if final or not is_disk_full(e):
+            raise  # the final run is retried, and then resumed with the study
+        # A retry would meet the same full disk: the trial ends here, and the searcher tells Optuna it
+        # failed, with this reason. The last epoch's figures again (Tune wants the metric in every
+        # result; ASHA and Optuna have them already), or none if no epoch ended.
+        tune.report({**(last_metrics or {"epoch": 0, "eval_acc": float("nan"), "eval_loss": float("nan")}),
+                     "status": DISK_FULL, "reason": f"disk full: {one_line(e)}"})
+

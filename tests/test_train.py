@@ -20,10 +20,14 @@ def read_metrics(run_dir):
 
 
 def test_a_short_run_on_synthetic_data_clearly_learns(tmp_path):
-    config = tiny_config(width=8, subset=1500, eval_subset=500, epochs=3, lr=0.4)
+    # Without erasing and dropout, at a moderate lr: lr 0.4 with the recipe's regularisation sat on a knife
+    # edge (0.024-0.392 over seeds 0-4; below chance on AVX-512 machines). This config's final accuracy over
+    # seeds 0-4 measured 0.168-0.340 (ATEN_CPU_CAPABILITY=default) and 0.086-0.218 (avx2, one thread): the
+    # threshold is under half the lowest of those, and four times chance (0.01).
+    config = tiny_config(width=8, subset=1500, eval_subset=500, epochs=3, lr=0.1, erasing_p=0.0, dropout=0.0)
     summary = train(config, tmp_path)
     assert summary["status"] == "completed"
-    assert summary["final_eval_acc"] > 0.2  # chance is 0.01
+    assert summary["final_eval_acc"] > 0.04
     rows = read_metrics(tmp_path)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
 
