@@ -52,7 +52,7 @@ class Sizes:
 
 def study_toml(data: Path, quick: bool) -> str:
     common = f'''seed = 0
-trials = {4 if quick else 8}
+trials = {2 if quick else 8}
 
 [objective]
 metric = "eval_acc"
@@ -76,7 +76,7 @@ low = 0.0
 high = 0.3
 
 [sampler]
-n_startup_trials = 4
+n_startup_trials = {2 if quick else 4}
 '''
     if quick:
         return common + f'''

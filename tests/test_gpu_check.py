@@ -77,7 +77,7 @@ def test_quick_check_runs_a_miniature_study_on_the_data(quick):
     _, out = quick
     study = json.loads((out / "study.json").read_text())
     assert study["status"] == "ok", study
-    assert study["trials"] == 4 and study["complete"] + study["pruned"] == 4 and study["failed"] == 0
+    assert study["trials"] == 2 and study["complete"] + study["pruned"] == 2 and study["failed"] == 0
     assert study["final_epochs"] == 2 and 0 <= study["final_test_acc"] <= 1
 
 
