@@ -255,3 +255,16 @@ def smoke_study(tmp_path_factory):
     run.report_midway = state.get("report")
     run.report_while_running = kept
     return run
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Importing ray (or search.tuning, which imports it) raises: a test that reached Ray fails loudly."""
+    import search
+    import search.run as search_run
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    monkeypatch.setitem(sys.modules, "search.tuning", None)
+    monkeypatch.delattr(search, "tuning", raising=False)
+    monkeypatch.delenv(search_run.LOCAL_RAY, raising=False)
+    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)

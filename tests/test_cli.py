@@ -30,7 +30,6 @@ import numpy as np
 import pytest
 
 import recipe.train
-import search
 from recipe.cli import flag
 from recipe.train import main as train_main
 from search import report
@@ -440,16 +439,6 @@ def test_ctrl_c_in_the_first_epoch_prints_a_hint_that_works(tmp_path, capsys, mo
 
 
 # ---- python -m search.run: bad input fails before Ray starts ---------------------------------
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Importing ray (or search.tuning, which imports it) raises: a test that reached Ray fails loudly."""
-    monkeypatch.setitem(sys.modules, "ray", None)
-    monkeypatch.setitem(sys.modules, "search.tuning", None)
-    monkeypatch.delattr(search, "tuning", raising=False)
-    monkeypatch.delenv(search_run.LOCAL_RAY, raising=False)
-    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
-
 
 def search_cli(work: Path, capsys, *argv: str) -> Result:
     results = work / "results"

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import pytest
 
-import search
 from recipe import checkpoint
 from recipe.cli import flag
 from recipe.train import main as train_main
@@ -247,16 +246,6 @@ def test_a_read_only_data_dir_that_holds_the_data_is_only_read(work, read_only, 
                                        "--out", str(work / "run")])
     assert code == 0, err
     assert json.loads((work / "run" / "summary.json").read_text())["train_images"] == 200
-
-
-@pytest.fixture
-def no_ray(monkeypatch):
-    """Importing ray (or search.tuning) raises: a test that reached Ray fails loudly."""
-    monkeypatch.setitem(sys.modules, "ray", None)
-    monkeypatch.setitem(sys.modules, "search.tuning", None)
-    monkeypatch.delattr(search, "tuning", raising=False)
-    monkeypatch.delenv(search_run.LOCAL_RAY, raising=False)
-    monkeypatch.delenv("RAY_AIR_NEW_OUTPUT", raising=False)
 
 
 @needs_mounts
