@@ -128,7 +128,14 @@ def unwritable_reason(path: str | Path) -> str | None:
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)
+    """The process's umask, read without setting it (os.umask would change it for every thread meanwhile)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc (not Linux): set it and put it back
     os.umask(mask)
     return mask
 
