@@ -192,6 +192,21 @@ def base_config(config_dict: dict[str, Any], gpus: int) -> dict[str, Any]:
     return {k: v for k, v in config_dict.items() if k not in SEARCHED} | {"device": "cuda" if gpus else "cpu"}
 
 
+def newest_saved_state(experiment: str) -> tuple[pyarrow.fs.FileSystem, str, dict[str, Any]]:
+    """(file system, path, contents) of Tune's newest saved experiment state; a session's cut-short state set aside."""
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
+    while True:
+        newest = _find_newest_experiment_checkpoint(root, fs=fs)
+        if newest is None:
+            raise RecipeError(f"{experiment}: Ray Tune's saved state of this study is damaged; remove "
+                              f"{experiment.rsplit('/', 1)[0]} to start over")
+        try:
+            with fs.open_input_stream(newest) as f:
+                return fs, newest, json.loads(f.readall())
+        except ValueError:  # cut short: the driver died while Tune copied it
+            set_aside_session(fs, root, newest)
+
+
 def settle_ended_trials(experiment: str, study: optuna.Study) -> list[str]:
     """Mark TERMINATED, in Tune's saved state, the trials Optuna holds as ended; returns their Tune ids.
 
@@ -201,18 +216,7 @@ def settle_ended_trials(experiment: str, study: optuna.Study) -> list[str]:
     checkpoint until its retries ran out. Optuna's record (written as the trial ends) says it ended.
     """
     ended = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
-    while True:
-        newest = _find_newest_experiment_checkpoint(root, fs=fs)
-        if newest is None:
-            raise RecipeError(f"{experiment}: Ray Tune's saved state of this study is damaged; remove "
-                              f"{experiment.rsplit('/', 1)[0]} to start over")
-        try:
-            with fs.open_input_stream(newest) as f:
-                state = json.loads(f.readall())
-            break
-        except ValueError:  # cut short: the driver died while Tune copied it
-            set_aside_session(fs, root, newest)
+    fs, newest, state = newest_saved_state(experiment)
     if not ended:
         return []
     settled = []
@@ -228,6 +232,36 @@ def settle_ended_trials(experiment: str, study: optuna.Study) -> list[str]:
             f.write(json.dumps(state).encode())
         fs.move(tmp, newest)
     return settled
+
+
+def mark_lost_checkpoints(experiment: str) -> list[str]:
+    """Make an empty directory for each lost checkpoint that Tune would resume an unfinished trial from; returns them.
+
+    Tune keeps one checkpoint per trial (num_to_keep=1): registering a trial's epoch N+1 deletes
+    epoch N's at once, while the experiment state that names epoch N's is saved only every ten
+    seconds or more. A driver killed in between leaves a saved state naming a deleted checkpoint,
+    and Tune would fail to restore that trial ("does not exist on storage anymore") until its
+    retries ran out: a FAIL. Found empty, the checkpoint is "not there" to the trial's run, which
+    restarts from epoch 0 and says so (trainable.run_recipe), as for a damaged one.
+    """
+    from ray.tune.trainable.metadata import _TrainingRunMetadata  # Tune's own reader of the saved metadata
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
+    made = []
+    for trial_json, metadata_json in newest_saved_state(experiment)[2]["trial_data"]:
+        trial = json.loads(trial_json)
+        if trial["status"] in (Trial.TERMINATED, Trial.ERROR) or not trial.get("relative_logdir"):
+            continue
+        manager = _TrainingRunMetadata.from_json_state(metadata_json).checkpoint_manager
+        latest = manager.latest_checkpoint_result if manager is not None else None
+        if latest is None or latest.checkpoint is None:
+            continue
+        # Where the trial's directory is now (a moved results folder is found again by Tune too).
+        path = f"{root}/{trial['relative_logdir']}/{latest.checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}"
+        if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
+            fs.create_dir(path)
+            made.append(path)
+    return made
 
 
 def set_aside_session(fs: pyarrow.fs.FileSystem, root: str, state_file: str) -> None:
@@ -252,6 +286,7 @@ def search(p: Plan, gpus: int) -> None:
     )
     if p.resume and tune.Tuner.can_restore(experiment):
         settle_ended_trials(experiment, open_study(paths, spec))
+        mark_lost_checkpoints(experiment)
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
     elif p.resume and paths.optuna_db.exists() and open_study(paths, spec).trials:
         raise RecipeError(f"{experiment}: no Ray Tune state of this study there (was it started with another "
@@ -295,6 +330,7 @@ def final_run(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
     )
     experiment = f"{p.storage}/final-tune"
     if tune.Tuner.can_restore(experiment):
+        mark_lost_checkpoints(experiment)
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
     else:
         tuner = tune.Tuner(

@@ -11,6 +11,7 @@ One study (tests/studies/tiny.toml) goes through all of them, as a user would me
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from optuna.trial import TrialState
 
 from conftest import REPO, process_tree, read_trials, run_study, tiny_config
 from recipe.config import SEARCHED
-from search.tuning import settle_ended_trials
+from search.tuning import mark_lost_checkpoints, settle_ended_trials
 
 STUDY = str(REPO / "tests" / "studies" / "tiny.toml")
 PLANNED = 3  # tiny.toml's trials
@@ -86,14 +87,15 @@ def killed_twice(tmp_path_factory):
     first = run_study(args, watch=kill_midway)
     clean_up(seen.get("tree", []))
     after_first = read_trials(db, "tiny")
-    # The checkpoints Tune would resume the midway trials from, truncated.
-    damaged = []
-    for trial_id in seen.get("midway", []):
-        checkpoints = list(root.glob(f"tune/*_{trial_id}_*/checkpoint_*/last.pt"))
-        for ckpt in checkpoints:
+    # Tune's experiment as the kill left it, for test_lost_checkpoints_of_unfinished_trials_are_marked.
+    left = tmp_path_factory.mktemp("left") / "tune"
+    shutil.copytree(root / "tune", left)
+    # The checkpoints of the midway trials, truncated. The one Tune's saved state names may be gone already:
+    # Tune deletes a trial's checkpoint as it registers the next, and saves its state only every few seconds.
+    damaged = seen.get("midway", [])
+    for trial_id in damaged:
+        for ckpt in root.glob(f"tune/*_{trial_id}_*/checkpoint_*/last.pt"):
             ckpt.write_bytes(ckpt.read_bytes()[:1000])
-        if checkpoints:
-            damaged.append(trial_id)
 
     second_seen: dict = {}
 
@@ -118,7 +120,7 @@ def killed_twice(tmp_path_factory):
     others = {k: (*p.communicate(timeout=300), p.returncode) for k, p in second_seen.get("others", {}).items()}
     after_second = read_trials(db, "tiny")
     third = run_study(args + ["--resume"])
-    return dict(root=root, db=db, first=first, second=second, third=third, damaged=damaged,
+    return dict(root=root, db=db, first=first, second=second, third=third, damaged=damaged, left=left,
                 after_first=after_first, after_second=after_second, others=others, pid=second_seen.get("pid"))
 
 
@@ -146,13 +148,31 @@ def test_a_damaged_trial_checkpoint_restarts_that_trial_from_epoch_0_once(killed
     for trial_id in k["damaged"]:
         t = trials[trial_id]
         (line,) = [ln for ln in k["second"].stdout.splitlines() if f"trial {t.number}: its checkpoint" in ln]
-        assert f"_{trial_id}_" in line and "could not be used (not a readable checkpoint" in line, line
+        # Truncated, or deleted by Tune after the state it resumed from was saved (both are this fault).
+        assert f"_{trial_id}_" in line and ("could not be used (not a readable checkpoint" in line
+                                            or "could not be used (not there)" in line), line
         assert "restarted from epoch 0" in t.user_attrs["restarted"]
         (trial_dir,) = k["root"].glob(f"tune/*_{trial_id}_*")
         epochs = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
         restarts = [i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1]]
         assert len(restarts) == 1 and epochs[restarts[0]] == 1 and epochs[-1] == t.user_attrs["epochs"], epochs
     assert "crashed; retrying" not in k["second"].stdout  # the damaged file was not tried again and again
+
+
+def test_lost_checkpoints_of_unfinished_trials_are_marked_so_their_trials_restart(killed_twice):
+    left = killed_twice["left"]  # Tune's experiment as the first kill left it
+    unfinished = [t["trial_id"] for t, meta in saved_tune_trials(left)
+                  if t["status"] not in ("TERMINATED", "ERROR") and (meta.get("last_result") or {}).get("checkpoint_dir_name")]
+    assert unfinished
+    # Every checkpoint of those trials deleted, as Tune does to each trial's older ones between two saves of its state.
+    for trial_id in unfinished:
+        for checkpoint in left.glob(f"*_{trial_id}_*/checkpoint_*"):
+            shutil.rmtree(checkpoint)
+    made = [Path(p) for p in mark_lost_checkpoints(str(left))]
+    # An empty directory where Tune will look for each one's checkpoint; none for the trials that ended.
+    assert sorted(p.parent.name.split("_")[2] for p in made) == sorted(unfinished), made
+    assert all(p.name.startswith("checkpoint_") and p.is_dir() and not any(p.iterdir()) for p in made)
+    assert mark_lost_checkpoints(str(left)) == []
 
 
 def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(killed_twice):
@@ -212,12 +232,16 @@ class FakeCheckpoint:
         yield self.path
 
 
-def test_a_trial_whose_checkpoint_is_truncated_restarts_from_epoch_0_and_says_why(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("content, why", [(b"PK\x03\x04 cut short", "not a readable checkpoint"),
+                                          (None, "not there)")], ids=["truncated", "lost"])
+def test_a_trial_whose_checkpoint_is_truncated_or_lost_restarts_from_epoch_0_and_says_why(tmp_path, monkeypatch, capsys,
+                                                                                          content, why):
     from search import trainable
 
     tune_copy = tmp_path / "tune" / "checkpoint_000001"
-    tune_copy.mkdir(parents=True)
-    (tune_copy / "last.pt").write_bytes(b"PK\x03\x04 cut short")
+    tune_copy.mkdir(parents=True)  # a lost one: the empty directory tuning.mark_lost_checkpoints leaves
+    if content is not None:
+        (tune_copy / "last.pt").write_bytes(content)
     reports = []
     monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: FakeCheckpoint(tune_copy))
     monkeypatch.setattr(trainable.tune, "report", lambda metrics, checkpoint=None: reports.append(metrics))
@@ -226,10 +250,10 @@ def test_a_trial_whose_checkpoint_is_truncated_restarts_from_epoch_0_and_says_wh
     params = {k: config.pop(k) for k in SEARCHED}
     trainable.run_recipe(params, base=config, threads=1)
     assert [r["epoch"] for r in reports] == [1, 2]
-    why = reports[0][trainable.RESTARTED]
-    assert why.startswith(f"its checkpoint {tune_copy}/last.pt could not be used (not a readable checkpoint")
-    assert why.endswith("); restarted from epoch 0") and trainable.RESTARTED not in reports[1]
-    assert why in capsys.readouterr().err
+    said = reports[0][trainable.RESTARTED]
+    assert said.startswith(f"its checkpoint {tune_copy}/last.pt could not be used ({why}")
+    assert said.endswith("); restarted from epoch 0") and trainable.RESTARTED not in reports[1]
+    assert said in capsys.readouterr().err
 
 
 def test_a_study_lock_is_held_for_its_drivers_life_and_freed_when_it_is_killed(tmp_path):
