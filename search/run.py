@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import dataclasses
-import ipaddress
 import json
 import logging
 import os
@@ -20,7 +19,6 @@ import shutil
 import signal
 import sys
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ from recipe.config import RecipeError
 from recipe.data import load_splits
 from search import lock
 from search import study as studies
+from search.plan import Plan, check_gpus, is_loopback, local_gpus
 from search.study import StudyPaths, StudySpec
 
 DATA_FLAGS = ("data", "data_dir", "download")
@@ -38,30 +37,6 @@ INTERRUPTED = 130
 # Ray's switch for single-machine use: with it off, Ray takes 127.0.0.1 as the node's address
 # (ray._private.services.get_node_ip_address), so a local study listens on loopback only.
 LOCAL_RAY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-@dataclass(frozen=True)
-class Plan:
-    spec: StudySpec
-    paths: StudyPaths
-    resume: bool
-    storage: str  # where Ray Tune keeps its experiments: <storage>/<study>/tune and .../final-tune
-    address: str | None
-    final: bool
-    state: str = "new"  # study_state() when planned; the driver checks it again once it holds the study's lock
-
-    @property
-    def on_loopback(self) -> bool:
-        """A private Ray, or a cluster whose head is on this machine's loopback: one machine."""
-        return self.address is None or is_loopback(self.address)
-
-
-def is_loopback(address: str) -> bool:
-    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -171,6 +146,8 @@ def plan(args: argparse.Namespace) -> Plan:
         spec = with_overrides(spec, args)
         # Missing or malformed data is a one-line error now, not a crash in every trial later.
         load_splits(spec.trial_config(spec.seed_params()))
+    if args.address is None:  # a Ray of the driver's own, given this machine's GPUs (tuning.start_ray)
+        check_gpus(spec.resources.gpus, local_gpus(), "this machine")
     if args.address and not is_loopback(args.address) and not args.storage:
         raise RecipeError("--address: a study on a cluster needs --storage, a path every node sees or a URI "
                           "(s3://...): trials may run on any node")

@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 import sys
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import optuna
 import pyarrow.fs
@@ -23,13 +23,11 @@ from ray.tune.schedulers import ASHAScheduler
 from recipe.checkpoint import write_json
 from recipe.config import RecipeError
 from search.live import FinalView, LiveView, settings
+from search.plan import Plan, check_gpus, local_gpus
 from search.results import open_study, write_results
 from search.searcher import FailureReasons, StudySearcher, fail_running
 from search.study import SEARCHED, StudySpec
 from search.trainable import RUN_DIR, run_recipe
-
-if TYPE_CHECKING:  # run.py imports this module only after choosing Ray's mode
-    from search.run import Plan
 
 
 class DropEndedCheckpoints(tune.Callback):
@@ -81,7 +79,8 @@ def start_ray(p: Plan) -> None:
             raise
     else:
         # address="local": a new Ray of our own, never one that RAY_ADDRESS or `ray start` left around.
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR", **node_ip)
+        ray.init(address="local", num_gpus=local_gpus(), include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR", **node_ip)
 
 
 PROBE_TIMEOUT_S = 120  # a worker process to start on a busy head; longer is no refusal
@@ -161,15 +160,10 @@ def check_cluster_reaches_driver(address: str) -> None:
 
 
 def gpus_to_use(spec: StudySpec) -> int:
+    """The study's GPUs: as many as asked for (checked before Ray started, for a Ray of its own), else all Ray has."""
     seen = int(ray.cluster_resources().get("GPU", 0))
-    asked = spec.resources.gpus
-    if asked is None:
-        return seen
-    if asked > seen:
-        raise RecipeError(f"--gpus {asked}: Ray sees {seen} GPU{'s' * (seen != 1)} in this "
-                          f"{'cluster' if ray.is_initialized() and len(ray.nodes()) > 1 else 'machine'}; "
-                          f"ask for at most {seen} (0 runs on CPU)")
-    return asked
+    check_gpus(spec.resources.gpus, seen, "the cluster" if len(ray.nodes()) > 1 else "this machine")
+    return seen if spec.resources.gpus is None else spec.resources.gpus
 
 
 def resources(spec: StudySpec, gpus: int, final: bool = False) -> dict[str, float]:

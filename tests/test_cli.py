@@ -387,7 +387,7 @@ def test_an_interrupted_run_exits_130_with_a_resume_hint_and_resumes_to_the_end(
         deadline = time.monotonic() + 240
         while proc.poll() is None and time.monotonic() < deadline:
             # Once epoch 1 is checkpointed and in metrics.csv (the test below covers before).
-            if (out / "checkpoints" / "last.pt").exists() and len(read_metrics(out)) >= 1:
+            if (out / "checkpoints" / "last.pt").exists() and (out / "metrics.csv").exists():
                 break
             time.sleep(0.02)
         assert proc.poll() is None, "the run ended before it could be interrupted"
@@ -465,6 +465,17 @@ def test_search_with_an_impossible_range_in_the_study_file_names_the_key(work, n
     study.write_text(text.replace(dropout, "[space.dropout]\nlow = 0.6\nhigh = 0.5\n"))
     result = search_cli(work, capsys, "--study", str(study))
     assert_usage_error(result, str(study), "space.dropout", "low must be below high")
+
+
+@pytest.mark.parametrize("shown, asked, says", [(0, "1", "this machine has 0 GPUs for Ray; ask for at most 0 (0 runs on CPU)"),
+                                                (2, "3", "this machine has 2 GPUs for Ray; ask for at most 2")])
+def test_search_asking_for_more_gpus_than_this_machine_has_is_one_line_before_ray_starts(work, no_ray, capsys,
+                                                                                         monkeypatch, shown, asked, says):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: shown)
+    result = search_cli(work, capsys, "--study", "smoke", "--gpus", asked)
+    assert_usage_error(result, f"--gpus {asked}: {says}")
 
 
 def test_search_resume_with_nothing_to_resume_says_so(work, no_ray, capsys):

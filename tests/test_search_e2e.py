@@ -72,7 +72,7 @@ def test_the_final_run_trains_the_best_settings_on_the_whole_training_set_agains
     final = smoke_study.root / "final"
     summary = json.loads((final / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_run"] == 4
-    assert summary["eval_set"] == "test" and summary["train_images"] == 1500
+    assert summary["eval_set"] == "test" and summary["train_images"] == 600
     config = json.loads((final / "config.json").read_text())
     assert config == best["final_config"] | {"device": "cpu"}
     assert (final / "checkpoints" / "best.pt").exists() and (final / "curves.html").exists()

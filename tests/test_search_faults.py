@@ -1,17 +1,21 @@
-"""Faults of a study's driver: killed (SIGKILL) in its search and again in its final run, a damaged
-trial checkpoint found on resume, a second driver on a running study. Nothing lost, nothing run twice.
+"""A study's driver stopped and killed, a damaged trial checkpoint found on resume, a second driver on a
+running study: nothing lost, nothing run twice.
 
-One study (tests/studies/tiny.toml) goes through all of them, as a user would meet them:
-1. the driver is killed while trials are midway, and their checkpoints in Tune's experiment are then
-   truncated (a full disk, a lost copy);
-2. `--resume`: while it runs, a second driver (with and without --resume) is refused and
-   `python -m search.report` works; it is killed in turn during the final run;
-3. `--resume` ends the study.
+One study (tests/studies/tiny.toml, 5 trials) goes through all of them, as a user would meet them:
+1. SIGTERM (Ctrl-C, a scheduler's stop) while a trial is midway: exit 130 with the --resume command; a
+   plain rerun is refused;
+2. `--resume --no-final`: the driver is SIGKILLed (the OOM killer, a lost session) while trials are
+   midway, and their checkpoints in Tune's experiment are then truncated (a full disk, a lost copy);
+3. `--resume --no-final`: while it runs, a second driver (with and without --resume) is refused and
+   `python -m search.report` works; the search ends, without a final run;
+4. `--resume`: the final run alone, SIGKILLed in its first epochs;
+5. `--resume` ends the study.
 """
 import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +30,7 @@ from recipe.config import SEARCHED
 from search.tuning import mark_lost_checkpoints, settle_ended_trials
 
 STUDY = str(REPO / "tests" / "studies" / "tiny.toml")
-PLANNED = 3  # tiny.toml's trials
+PLANNED = 5
 
 
 def saved_tune_trials(experiment: Path) -> list[tuple[dict, dict]]:
@@ -66,101 +70,202 @@ def clean_up(tree: list) -> None:
     psutil.wait_procs(alive, timeout=30)
 
 
+def tune_records(root: Path, ray_trial_id: str) -> list[dict]:
+    (trial_dir,) = root.glob(f"tune/*_{ray_trial_id}_*")
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+
+
+def logged(root: Path, ray_trial_id: str) -> list[dict]:
+    """What Tune has logged of a trial so far (its result.json), skipping a line being written."""
+    found = []
+    for path in root.glob(f"tune/*_{ray_trial_id}_*/result.json"):
+        for line in path.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                found.append(json.loads(line))
+    return found
+
+
+def checkpoints_of(root: Path, ray_trial_id: str) -> list[str]:
+    return sorted(p.name for p in root.glob(f"tune/*_{ray_trial_id}_*/checkpoint_*"))
+
+
 @pytest.fixture(scope="module")
-def killed_twice(tmp_path_factory):
+def interrupted(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     root = results / "tiny"
     db = root / "optuna.db"
     args = ["--study", STUDY, "--results-dir", str(results)]
+    k: dict = {"root": root, "db": db}
+
+    # 1. SIGTERM once a trial has ended and another is between epochs (ASHA always lets the first trial at a
+    # rung go on, so that moment comes; should the poll miss it, once three have ended).
+    def stop_midway(proc, out):
+        if "sigterm" in k:
+            return
+        trials = read_trials(db, "tiny")
+        ended = sum(t.state.is_finished() for t in trials)
+        midway = any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
+        if (ended >= 1 and midway) or ended >= 3:
+            proc.send_signal(signal.SIGTERM)
+            k["sigterm"] = True
+
+    k["stopped"] = run_study(args + ["--trials", str(PLANNED), "--no-final"], watch=stop_midway, poll=0.1)
+    k["after_stop"] = read_trials(db, "tiny")
+    k["checkpoints_after_stop"] = {t.user_attrs["ray_trial_id"]: checkpoints_of(root, t.user_attrs["ray_trial_id"])
+                                   for t in k["after_stop"] if t.intermediate_values}
+    k["plain"] = run_study(args + ["--no-final"])
+
+    # 2. SIGKILL once the trials the SIGTERM stopped midway have gone on (each ended or reported an epoch past
+    # the stop) and a trial is midway, with the checkpoint this session's saved state names.
+    state_before = sorted((root / "tune").glob("experiment_state-*.json"))[-1].name
+    stopped_at = {t.number: max(t.intermediate_values) for t in k["after_stop"]
+                  if t.state == TrialState.RUNNING and t.intermediate_values}
     seen: dict = {}
 
     def kill_midway(proc, out):
         if "tree" in seen:
             return
         trials = read_trials(db, "tiny")
-        running = {t.user_attrs.get("ray_trial_id") for t in trials if t.state == TrialState.RUNNING}
-        midway = [tid for tid in midway_with_checkpoint(root / "tune") if tid in running]
-        if midway and any(t.state.is_finished() for t in trials):
+        went_on = all(max((r["epoch"] for r in logged(root, t.user_attrs["ray_trial_id"])), default=0) > stopped_at[t.number]
+                      for t in trials if t.number in stopped_at)
+        newest = sorted((root / "tune").glob("experiment_state-*.json"))[-1].name
+        if not (went_on and newest != state_before and midway_now(trials)):
+            return
+        # Frozen, the driver can tell Optuna nothing and save no state: what it is killed with is what is seen.
+        os.kill(proc.pid, signal.SIGSTOP)
+        midway = midway_now(read_trials(db, "tiny"))
+        if midway:
             seen["midway"] = midway
             kill_tree(proc, seen)
+        else:  # a trial ended meanwhile
+            os.kill(proc.pid, signal.SIGCONT)
 
-    first = run_study(args, watch=kill_midway)
+    def midway_now(trials) -> list[str]:
+        running = {t.user_attrs.get("ray_trial_id") for t in trials if t.state == TrialState.RUNNING}
+        return [tid for tid in midway_with_checkpoint(root / "tune") if tid in running]
+
+    k["stopped_at"] = stopped_at
+    k["killed"] = run_study(args + ["--resume", "--no-final"], watch=kill_midway, poll=0.1)
     clean_up(seen.get("tree", []))
-    after_first = read_trials(db, "tiny")
+    k["after_kill"] = read_trials(db, "tiny")
     # Tune's experiment as the kill left it, for test_lost_checkpoints_of_unfinished_trials_are_marked.
-    left = tmp_path_factory.mktemp("left") / "tune"
-    shutil.copytree(root / "tune", left)
+    k["left"] = tmp_path_factory.mktemp("left") / "tune"
+    shutil.copytree(root / "tune", k["left"])
     # The checkpoints of the midway trials, truncated. The one Tune's saved state names may be gone already:
     # Tune deletes a trial's checkpoint as it registers the next, and saves its state only every few seconds.
-    damaged = seen.get("midway", [])
-    for trial_id in damaged:
+    k["damaged"] = seen.get("midway", [])
+    for trial_id in k["damaged"]:
         for ckpt in root.glob(f"tune/*_{trial_id}_*/checkpoint_*/last.pt"):
             ckpt.write_bytes(ckpt.read_bytes()[:1000])
 
-    second_seen: dict = {}
-
-    def refuse_then_kill_in_final(proc, out):
+    # 3. The search resumed to its end, with a second driver and a report started while it holds the study.
+    def start_others(proc, out):
         lock = root / "driver.lock"
-        if "others" not in second_seen and lock.exists() and lock.read_text().strip() == str(proc.pid):
-            # Started while this driver holds the study, which it does for many seconds more (Ray starts,
-            # trials run); not waited for here, so that the kill in the final run below is not missed.
+        if "others" not in k and lock.exists() and lock.read_text().strip() == str(proc.pid):
             commands = {
                 "resume": [sys.executable, "-m", "search.run", *args, "--resume"],
                 "plain": [sys.executable, "-m", "search.run", *args],
                 "report": [sys.executable, "-m", "search.report", "--study", "tiny", "--results-dir", str(results)],
             }
-            second_seen["others"] = {k: subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                                         text=True, stdin=subprocess.DEVNULL) for k, c in commands.items()}
-            second_seen["pid"] = proc.pid
-        if "tree" not in second_seen and "final epoch 1/" in out:
-            kill_tree(proc, second_seen)
+            k["others"] = {name: subprocess.Popen(c, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                  text=True, stdin=subprocess.DEVNULL) for name, c in commands.items()}
+            k["pid"] = proc.pid
 
-    second = run_study(args + ["--resume"], watch=refuse_then_kill_in_final)
-    clean_up(second_seen.get("tree", []))
-    others = {k: (*p.communicate(timeout=300), p.returncode) for k, p in second_seen.get("others", {}).items()}
-    after_second = read_trials(db, "tiny")
-    third = run_study(args + ["--resume"])
-    return dict(root=root, db=db, first=first, second=second, third=third, damaged=damaged, left=left,
-                after_first=after_first, after_second=after_second, others=others, pid=second_seen.get("pid"))
+    k["searched"] = run_study(args + ["--resume", "--no-final"], watch=start_others)
+    k["others"] = {name: (*p.communicate(timeout=300), p.returncode) for name, p in k.get("others", {}).items()}
+    k["after_search"] = read_trials(db, "tiny")
+    k["final_after_search"] = (root / "final").exists()
+
+    # 4. The final run alone, killed in its first epochs; 5. resumed to its end.
+    final_seen: dict = {}
+
+    def kill_in_final(proc, out):
+        if "tree" not in final_seen and "final epoch 1/" in out:
+            kill_tree(proc, final_seen)
+
+    k["final_killed"] = run_study(args + ["--resume"], watch=kill_in_final, poll=0.1)
+    clean_up(final_seen.get("tree", []))
+    k["ended"] = run_study(args + ["--resume"])
+    return k
 
 
-def test_a_driver_killed_in_its_search_resumes_with_every_planned_trial_run_once(killed_twice):
-    k = killed_twice
-    assert k["first"].returncode == -9, k["first"].stderr[-2000:]
-    assert any(t.state == TrialState.RUNNING for t in k["after_first"])  # killed with trials midway
-    assert k["third"].returncode == 0, k["third"].stderr[-2000:]
-    trials = read_trials(k["db"], "tiny")
-    assert [t.number for t in trials] == list(range(PLANNED))  # none lost, none added in place of a lost one
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), [t.state for t in trials]
+def test_a_study_stopped_by_sigterm_says_how_to_resume_and_keeps_the_checkpoints_of_midway_trials(interrupted):
+    k = interrupted
+    assert k.get("sigterm") and k["stopped"].returncode == 130, k["stopped"].stderr[-2000:]
+    assert "--resume" in k["stopped"].stderr
+    ended = {t.user_attrs["ray_trial_id"] for t in k["after_stop"] if t.state.is_finished()}
+    midway = {t.user_attrs["ray_trial_id"] for t in k["after_stop"]
+              if t.state == TrialState.RUNNING and t.intermediate_values}
+    assert 1 <= len(ended) < PLANNED
+    # Tune keeps a checkpoint for each trial stopped between epochs (to continue it), none for an ended one.
+    assert all(k["checkpoints_after_stop"][t] == [] for t in ended), k["checkpoints_after_stop"]
+    assert all(k["checkpoints_after_stop"][t] for t in midway), k["checkpoints_after_stop"]
+    plain = k["plain"]
+    assert plain.returncode == 2 and "--resume" in plain.stderr and len(plain.stderr.strip().splitlines()) == 1
+
+
+def test_a_stopped_and_killed_search_resumes_with_every_planned_trial_run_once(interrupted):
+    k = interrupted
+    assert k["killed"].returncode == -9, k["killed"].stderr[-2000:]
+    assert k["damaged"], "the driver was not killed with a trial midway"
+    assert k["searched"].returncode == 0, k["searched"].stderr[-2000:]
+    trials = k["after_search"]
+    reasons = [(t.state, t.user_attrs.get("reason")) for t in trials]
+    assert [t.number for t in trials] == list(range(PLANNED)), reasons  # none lost, none added in place of a lost one
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials), reasons
     assert len({t.user_attrs["ray_trial_id"] for t in trials}) == PLANNED
     for t in trials:
         assert sorted(t.intermediate_values) == list(range(1, t.user_attrs["epochs"] + 1))
-    # Trials that had ended before the kill were not run again.
-    ended_before = {t.number for t in k["after_first"] if t.state.is_finished()}
-    assert not {n for n in range(PLANNED) if f"trial {n} started" in k["second"].stdout} & ended_before
+    # Trials that had ended were not run again.
+    for before, resumed in (("after_stop", "killed"), ("after_kill", "searched")):
+        ended = {t.number for t in k[before] if t.state.is_finished()}
+        assert not {n for n in range(PLANNED) if f"trial {n} started" in k[resumed].stdout} & ended, (before, ended)
     assert len((k["root"] / "trials.csv").read_text().strip().splitlines()) == 1 + PLANNED
+    # --no-final: no final run, until a later --resume.
+    assert "final epoch" not in k["searched"].stdout and not k["final_after_search"]
 
 
-def test_a_damaged_trial_checkpoint_restarts_that_trial_from_epoch_0_once(killed_twice):
-    k = killed_twice
-    assert k["damaged"], "the driver was not killed with a trial midway"
-    trials = {t.user_attrs["ray_trial_id"]: t for t in read_trials(k["db"], "tiny")}
+def test_trials_stopped_midway_go_on_from_their_checkpoints(interrupted):
+    # Tune's record of a trial the SIGTERM stopped midway, as the SIGKILL found it: every epoch in order, going
+    # on past the stop, never starting over. Tune logs an epoch's result before it registers that epoch's
+    # checkpoint, so a stop between the two has the trial run that one epoch again, from the checkpoint
+    # before it and with its random state: to the same figures.
+    k = interrupted
+    assert k["stopped_at"]
+    for t in k["after_kill"]:
+        if t.number not in k["stopped_at"]:
+            continue
+        records = tune_records(k["left"].parent, t.user_attrs["ray_trial_id"])
+        epochs = [r["epoch"] for r in records]
+        assert epochs == sorted(epochs) and sorted(set(epochs)) == list(range(1, max(epochs) + 1)), epochs
+        assert max(epochs) > k["stopped_at"][t.number], epochs
+        repeated = [e for e in set(epochs) if epochs.count(e) > 1]
+        assert len(repeated) <= 1 and all(epochs.count(e) == 2 for e in repeated), epochs
+        for e in repeated:
+            twice = [(r["train_loss"], r["eval_acc"]) for r in records if r["epoch"] == e]
+            assert twice[0] == twice[1], twice
+
+
+def test_a_damaged_trial_checkpoint_restarts_that_trial_from_epoch_0_once(interrupted):
+    k = interrupted
+    trials = {t.user_attrs["ray_trial_id"]: t for t in k["after_search"]}
     for trial_id in k["damaged"]:
         t = trials[trial_id]
-        (line,) = [ln for ln in k["second"].stdout.splitlines() if f"trial {t.number}: its checkpoint" in ln]
+        lines = [ln for ln in k["searched"].stdout.splitlines() if f"trial {t.number}: its checkpoint" in ln]
+        assert len(lines) == 1, (t.number, t.state, t.user_attrs, k["killed"].stdout[-2000:], k["searched"].stdout[-3000:])
+        (line,) = lines
         # Truncated, or deleted by Tune after the state it resumed from was saved (both are this fault).
         assert f"_{trial_id}_" in line and ("could not be used (not a readable checkpoint" in line
                                             or "could not be used (not there)" in line), line
         assert "restarted from epoch 0" in t.user_attrs["restarted"]
-        (trial_dir,) = k["root"].glob(f"tune/*_{trial_id}_*")
-        epochs = [json.loads(line)["epoch"] for line in (trial_dir / "result.json").read_text().splitlines()]
-        restarts = [i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1]]
-        assert len(restarts) == 1 and epochs[restarts[0]] == 1 and epochs[-1] == t.user_attrs["epochs"], epochs
-    assert "crashed; retrying" not in k["second"].stdout  # the damaged file was not tried again and again
+        epochs = [r["epoch"] for r in tune_records(k["root"], trial_id)]
+        restarts = [i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1] and epochs[i] == 1]
+        assert len(restarts) == 1 and epochs[-1] == t.user_attrs["epochs"], epochs
+    assert "crashed; retrying" not in k["searched"].stdout  # the damaged file was not tried again and again
 
 
-def test_lost_checkpoints_of_unfinished_trials_are_marked_so_their_trials_restart(killed_twice):
-    left = killed_twice["left"]  # Tune's experiment as the first kill left it
+def test_lost_checkpoints_of_unfinished_trials_are_marked_so_their_trials_restart(interrupted):
+    left = interrupted["left"]  # Tune's experiment as the SIGKILL left it
     unfinished = [t["trial_id"] for t, meta in saved_tune_trials(left)
                   if t["status"] not in ("TERMINATED", "ERROR") and (meta.get("last_result") or {}).get("checkpoint_dir_name")]
     assert unfinished
@@ -175,22 +280,27 @@ def test_lost_checkpoints_of_unfinished_trials_are_marked_so_their_trials_restar
     assert mark_lost_checkpoints(str(left)) == []
 
 
-def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(killed_twice):
-    k = killed_twice
-    assert k["second"].returncode == -9 and "final run completed" not in k["second"].stdout, k["second"].stdout[-2000:]
-    assert k["third"].returncode == 0, k["third"].stderr[-2000:]
-    assert " started:" not in k["third"].stdout  # the search was over: only the final run went on
-    assert read_trials(k["db"], "tiny") == k["after_second"]
+def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(interrupted):
+    k = interrupted
+    killed = k["final_killed"]
+    assert killed.returncode == -9 and "final run completed" not in killed.stdout, killed.stdout[-2000:]
+    assert " started:" not in killed.stdout  # the search was over: only the final run went on
+    assert k["ended"].returncode == 0, k["ended"].stderr[-2000:]
+    assert " started:" not in k["ended"].stdout
+    assert read_trials(k["db"], "tiny") == k["after_search"]
     final = k["root"] / "final"
     summary = json.loads((final / "summary.json").read_text())
+    best = json.loads((k["root"] / "best.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_run"] == 2
+    assert {name: summary["config"][name] for name in best["params"]} == best["params"]
     rows = (final / "metrics.csv").read_text().strip().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == [1, 2]
-    assert "final run completed" in k["third"].stdout
+    assert "final run completed" in k["ended"].stdout
+    assert not list(k["root"].rglob("checkpoint_*"))  # nothing that will ever be resumed is kept
 
 
-def test_a_second_driver_on_a_running_study_is_refused_with_one_line_and_writes_nothing(killed_twice):
-    k = killed_twice
+def test_a_second_driver_on_a_running_study_is_refused_with_one_line_and_writes_nothing(interrupted):
+    k = interrupted
     assert k["others"], "the second driver was never seen holding the study"
     for name in ("resume", "plain"):
         out, err, code = k["others"][name]

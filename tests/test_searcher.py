@@ -125,3 +125,12 @@ def test_trials_left_running_at_the_end_are_failed_with_a_reason(setup):
     assert fail_running(reopen(), "lost") == [0]
     states = [t.state for t in reopen().trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_a_restart_is_recorded_also_when_asha_stops_the_trial_at_its_first_epoch_back(setup):
+    _, searcher, reopen = setup
+    searcher.suggest("t0")
+    why = "its checkpoint /x/last.pt could not be used (not there); restarted from epoch 0"
+    run_epochs(searcher, "t0", [0.1], restarted=why)  # the epoch ASHA stops on reaches on_trial_complete alone
+    t = reopen().trials[0]
+    assert t.state == TrialState.PRUNED and t.user_attrs["restarted"] == why

@@ -33,8 +33,8 @@ def test_trial_and_final_configs_take_their_own_overrides():
     spec = studies.load("smoke")
     params = {"lr": 0.3, "weight_decay": 1e-4, "dropout": 0.1, "label_smoothing": 0.0}
     trial, final = spec.trial_config(params), spec.final_config(params)
-    assert (trial.lr, trial.epochs, trial.val_size, trial.subset) == (0.3, 4, 300, 1000)
-    assert (final.lr, final.epochs, final.val_size, final.subset) == (0.3, 4, 0, 1500)
+    assert (trial.lr, trial.epochs, trial.val_size, trial.subset) == (0.3, 4, 200, 500)
+    assert (final.lr, final.epochs, final.val_size, final.subset) == (0.3, 4, 0, 600)
     assert trial.width == final.width == 8 and trial.seed == final.seed == spec.seed
 
 
@@ -48,7 +48,7 @@ def test_trial_and_final_configs_take_their_own_overrides():
         (("low = 1e-5\nhigh = 5e-3", "low = 1e-3\nhigh = 5e-3"), r"space.weight_decay: \[0.001, 0.005\] must contain"),
         (("[space.dropout]", "[space.momentum]"), "missing \\[space.dropout\\]"),
         (("metric = \"eval_acc\"", "metric = \"test_acc\""), "objective.metric must be one of"),
-        (("val_size = 300", "val_size = 0"), r"\[trial\] val_size must be > 0"),
+        (("val_size = 200", "val_size = 0"), r"\[trial\] val_size must be > 0"),
         (("width = 8", "width = 8\nlr = 0.2"), r"\[recipe\] sets lr, which the search chooses"),
         (("width = 8", "width = -8"), r"\[recipe\] width: must be >= 1"),
         (("[trial]", "[trial]\nepochs = 3"), r"\[trial\] sets epochs"),

@@ -1,0 +1,45 @@
+"""What a study's driver decided before Ray starts (search.run.plan), read by search.run and search.tuning."""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from recipe.config import RecipeError
+from search.study import StudyPaths, StudySpec
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: StudySpec
+    paths: StudyPaths
+    resume: bool
+    storage: str  # where Ray Tune keeps its experiments: <storage>/<study>/tune and .../final-tune
+    address: str | None
+    final: bool
+    state: str = "new"  # study_state() when planned; the driver checks it again once it holds the study's lock
+
+    @property
+    def on_loopback(self) -> bool:
+        """A private Ray, or a cluster whose head is on this machine's loopback: one machine."""
+        return self.address is None or is_loopback(self.address)
+
+
+def is_loopback(address: str) -> bool:
+    host = address.split("://")[-1].rsplit(":", 1)[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def local_gpus() -> int:
+    """The GPUs this machine shows (CUDA_VISIBLE_DEVICES respected): the ones a study's own Ray is given."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def check_gpus(asked: int | None, seen: int, where: str) -> None:
+    if asked is not None and asked > seen:
+        raise RecipeError(f"--gpus {asked}: {where} has {seen} GPU{'s' * (seen != 1)} for Ray; "
+                          f"ask for at most {seen} (0 runs on CPU)")
