@@ -127,7 +127,7 @@ def unwritable_reason(path: str | Path) -> str | None:
     return f"{probe} is not writable by this user"
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask, read without setting it (os.umask would change it for every thread meanwhile)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -154,7 +154,7 @@ def atomic_write(path: str | Path, write: Callable[[io.RawIOBase], None]) -> Non
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~_umask())
+        os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             tracked.f = f
             write(tracked)

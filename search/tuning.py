@@ -26,6 +26,7 @@ from search.live import FinalView, LiveView, settings
 from search.plan import Plan, check_gpus, local_gpus
 from search.results import open_study, write_results
 from search.searcher import FailureReasons, StudySearcher, fail_running
+from search.storage import whole_files
 from search.study import SEARCHED, StudySpec
 from search.trainable import RUN_DIR, run_recipe
 
@@ -270,6 +271,11 @@ def set_aside_session(fs: pyarrow.fs.FileSystem, root: str, state_file: str) -> 
             fs.move(info.path, f"{info.path}.damaged")
 
 
+def storage_filesystem(storage: str) -> pyarrow.fs.FileSystem | None:
+    """On a local disk, Tune's files are written whole (search.storage); a URI (s3://...) keeps its own file system."""
+    return None if "://" in storage else whole_files()
+
+
 def search(p: Plan, gpus: int) -> None:
     spec, paths = p.spec, p.paths
     experiment = f"{p.storage}/tune"
@@ -281,7 +287,8 @@ def search(p: Plan, gpus: int) -> None:
     if p.resume and tune.Tuner.can_restore(experiment):
         settle_ended_trials(experiment, open_study(paths, spec))
         mark_lost_checkpoints(experiment)
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                   storage_filesystem=storage_filesystem(p.storage))
     elif p.resume and paths.optuna_db.exists() and open_study(paths, spec).trials:
         raise RecipeError(f"{experiment}: no Ray Tune state of this study there (was it started with another "
                           f"--storage?); resume with the same --storage, or remove {paths.root} to start over")
@@ -301,6 +308,7 @@ def search(p: Plan, gpus: int) -> None:
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=p.storage,
+                storage_filesystem=storage_filesystem(p.storage),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 callbacks=[FailureReasons(searcher), LiveView(searcher, spec), DropEndedCheckpoints(errored=True)],
@@ -325,7 +333,8 @@ def final_run(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
     experiment = f"{p.storage}/final-tune"
     if tune.Tuner.can_restore(experiment):
         mark_lost_checkpoints(experiment)
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=storage_filesystem(p.storage))
     else:
         tuner = tune.Tuner(
             trainable,
@@ -334,6 +343,7 @@ def final_run(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
             run_config=tune.RunConfig(
                 name="final-tune",
                 storage_path=p.storage,
+                storage_filesystem=storage_filesystem(p.storage),
                 failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 # On a cluster the run may land on another node: its files travel with Tune's sync.

@@ -318,7 +318,7 @@ def test_a_trial_that_finds_its_disk_full_fails_with_that_reason_and_its_epochs_
 
 
 @needs_mounts
-def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_with_its_files_intact(tmp_path, tmpfs):
+def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_and_resumes_once_space_is_freed(tmp_path, tmpfs):
     fs = tmpfs("64m")
     results = fs.where / "results"  # search.run resolves paths: it runs in the tmpfs's namespace (see above)
     view = fs.path / "results" / "tiny"
@@ -354,3 +354,35 @@ def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_with_its_file
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert trials and trials[0].params
     assert not list(view.glob("**/.*.tmp"))
+    # Space freed, the study resumes to its end.
+    resumed = subprocess.run([*command, "--resume"], cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "final run completed" in resumed.stdout
+    shutil.copyfile(view / "optuna.db", tmp_path / "after.db")
+    trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'after.db'}").trials
+    assert len(trials) == 3 and all(t.state.is_finished() for t in trials), [t.state for t in trials]
+
+
+@needs_mounts
+def test_tunes_files_on_a_local_disk_are_written_whole_or_not_at_all(tmpfs, tmp_path):
+    import pickle
+
+    import pyarrow.fs
+
+    from search.storage import whole_files
+
+    fs = tmpfs("1m")
+    state = fs.path / "tune" / "experiment_state-x.json"
+    whole = whole_files()  # Tune's storage file system for a study on a local disk
+    with whole.open_output_stream(str(state)) as f:
+        f.write(b'{"saved": 1}')
+    assert state.read_bytes() == b'{"saved": 1}' and state.stat().st_mode & 0o777 == 0o666 & ~checkpoint.current_umask()
+    # Tune copies its newer state (or a checkpoint) in; the disk fills halfway: the old file stays whole.
+    newer = tmp_path / "newer.json"
+    newer.write_bytes(b" " * (2 << 20))
+    with pytest.raises(OSError, match="No space left on device"):
+        pyarrow.fs.copy_files(str(newer), str(state), destination_filesystem=whole)
+    assert state.read_bytes() == b'{"saved": 1}'
+    assert [p.name for p in state.parent.iterdir()] == [state.name]  # no temporary file left
+    assert pickle.loads(pickle.dumps(whole)).equals(whole)  # as Ray hands it to each trial's worker
