@@ -49,10 +49,9 @@ def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, 
     elif checkpoint is not None:
         source = f"{checkpoint.path}/{CHECKPOINT_FILE}"
         # A trial resumes from what Tune (and so Optuna) has seen, never from a later local file.
-        try:
-            with checkpoint.as_directory() as d:
-                with open(Path(d) / CHECKPOINT_FILE, "rb") as src:
-                    atomic_write(last, lambda dst: shutil.copyfileobj(src, dst))
+        try:  # straight from Tune's storage (a local disk, a cluster's shared one, s3://...) into the run directory
+            with checkpoint.filesystem.open_input_stream(source) as src:
+                atomic_write(last, lambda dst: shutil.copyfileobj(src, dst, 1 << 20))
             resume = True
         except FileNotFoundError:
             missing = "not there"

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 
 from conftest import REPO, process_tree, read_trials, run_study, tiny_config
 from recipe.config import SEARCHED
+from search.storage import whole_files
 from search.tuning import mark_lost_checkpoints, settle_ended_trials
 
 STUDY = str(REPO / "tests" / "studies" / "tiny.toml")
@@ -336,10 +337,7 @@ def test_settling_marks_trials_optuna_saw_end_as_terminated_and_sets_aside_a_cut
 class FakeCheckpoint:
     def __init__(self, path: Path) -> None:
         self.path = str(path)
-
-    @contextlib.contextmanager
-    def as_directory(self):
-        yield self.path
+        self.filesystem = whole_files()  # Tune's, for a study on a local disk
 
 
 @pytest.mark.parametrize("content, why", [(b"PK\x03\x04 cut short", "not a readable checkpoint"),
