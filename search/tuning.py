@@ -63,6 +63,63 @@ def drop_checkpoint(trial: Any) -> None:
         pass
 
 
+class StudyASHA(ASHAScheduler):
+    """ASHA that judges a trial once at each rung, across a study's interruptions.
+
+    Tune does not save ASHA's rungs with a study's state: after a resume, ASHA has seen none of the
+    epochs before. Left as it is, it would judge a resumed trial at the highest rung it has reached,
+    again (it passed that rung before, or it would not have gone on), and a trial that runs epochs again
+    (restarted from epoch 0, its checkpoint damaged or gone; or resumed from the checkpoint before the
+    last epoch Tune logged) at each of those epochs afresh: it could stop at epoch 1 a trial that had
+    gone on to epoch 2, Optuna holding both. Here an epoch a trial has run before is not judged again
+    (as Optuna keeps the first value of each epoch), and a trial resumed after epoch e is judged next at
+    the first rung past e. Where it had got to comes from Tune's last result of the trial, which Tune
+    saves with the study's state.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._resumed_after: dict[str, int] = {}  # per trial, its last epoch before this session (0: none)
+        self._highest: dict[str, int] = {}  # per trial, the highest epoch seen
+        self._replaying: set[str] = set()  # trials whose last result was an epoch seen before
+
+    def _seen_before(self, trial: Any, epoch: int) -> bool:
+        if trial.trial_id not in self._highest:
+            before = int((trial.last_result or {}).get(self._time_attr) or 0)
+            self._resumed_after[trial.trial_id] = self._highest[trial.trial_id] = before
+        if epoch <= self._highest[trial.trial_id]:
+            return True
+        self._highest[trial.trial_id] = epoch
+        return False
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        epoch = result.get(self._time_attr)
+        if epoch is None or self._metric not in result:
+            return super().on_trial_result(tune_controller, trial, result)
+        if self._seen_before(trial, epoch):
+            self._replaying.add(trial.trial_id)
+            return self.CONTINUE
+        self._replaying.discard(trial.trial_id)
+        if epoch < self._max_t and not self._new_rung(trial, epoch):
+            return self.CONTINUE  # the rungs it has reached, it passed before the resume
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def _new_rung(self, trial: Any, epoch: int) -> bool:
+        """Whether `epoch` is at or past a rung the trial had not reached before this session."""
+        after = self._resumed_after.get(trial.trial_id, 0)
+        return not after or any(after < milestone <= epoch for milestone, _ in self._trial_info[trial.trial_id]._rungs)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        epoch = result.get(self._time_attr)
+        if trial.trial_id in self._replaying or (epoch is not None and not self._new_rung(trial, epoch)):
+            self._trial_info.pop(trial.trial_id, None)
+        else:
+            super().on_trial_complete(tune_controller, trial, result)
+        for seen in (self._resumed_after, self._highest):
+            seen.pop(trial.trial_id, None)
+        self._replaying.discard(trial.trial_id)
+
+
 class FinalRunFailed(RuntimeError):
     """The final run crashed more often than its retries allow (not bad input: exit status 1)."""
 
@@ -298,7 +355,7 @@ def search(p: Plan, gpus: int) -> None:
             trainable,
             tune_config=tune.TuneConfig(
                 search_alg=searcher,
-                scheduler=ASHAScheduler(time_attr="epoch", metric=spec.metric, mode=spec.mode, max_t=spec.asha.horizon,
+                scheduler=StudyASHA(time_attr="epoch", metric=spec.metric, mode=spec.mode, max_t=spec.asha.horizon,
                                         grace_period=spec.asha.grace_period,
                                         reduction_factor=spec.asha.reduction_factor),
                 num_samples=spec.trials,

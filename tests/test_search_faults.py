@@ -384,3 +384,29 @@ def test_a_study_lock_is_held_for_its_drivers_life_and_freed_when_it_is_killed(t
     lock.check_free(root, "s")
     os.close(lock.take(root, "s"))
     assert (root / "driver.lock").read_text().strip() == str(os.getpid())
+
+
+def test_asha_does_not_judge_again_the_epochs_a_resumed_trial_runs_again():
+    from types import SimpleNamespace
+
+    from search.tuning import StudyASHA
+
+    asha = StudyASHA(time_attr="epoch", metric="eval_acc", mode="max", max_t=4, grace_period=1, reduction_factor=2)
+    # After a resume: ASHA has seen nothing, Tune's record says the restarted trial had reached epoch 2.
+    leader, restarted, newcomer = (SimpleNamespace(trial_id=t, last_result=r) for t, r in
+                                   (("a", {}), ("b", {"epoch": 2, "eval_acc": 0.1}), ("c", {})))
+    for trial in (leader, restarted, newcomer):
+        asha.on_trial_add(None, trial)
+    assert asha.on_trial_result(None, leader, {"epoch": 1, "eval_acc": 0.9}) == asha.CONTINUE
+    # Epochs 1 and 2 again, from epoch 0: judged before (it passed rung 1 then), not again.
+    for epoch in (1, 2):
+        assert asha.on_trial_result(None, restarted, {"epoch": epoch, "eval_acc": 0.0}) == asha.CONTINUE
+    # A new trial as poor at epoch 1 is stopped there.
+    assert asha.on_trial_result(None, newcomer, {"epoch": 1, "eval_acc": 0.0}) == asha.STOP
+    asha.on_trial_result(None, leader, {"epoch": 2, "eval_acc": 0.9})
+    # Rungs at epochs 1, 2, (4): the restarted trial passed 1 and 2 before; epoch 3 is no rung.
+    assert asha.on_trial_result(None, restarted, {"epoch": 3, "eval_acc": 0.0}) == asha.CONTINUE
+    # A trial resumed after epoch 1 is judged at rung 2, the first it had not reached.
+    resumed = SimpleNamespace(trial_id="d", last_result={"epoch": 1, "eval_acc": 0.5})
+    asha.on_trial_add(None, resumed)
+    assert asha.on_trial_result(None, resumed, {"epoch": 2, "eval_acc": 0.0}) == asha.STOP
