@@ -125,7 +125,7 @@ class StudySearcher(OptunaSearch):
         if result.get("status") == DISK_FULL:
             self._finish(trial_id, TrialState.FAIL, None, epochs=epochs, reason=result.get("reason") or "disk full")
             return
-        if RESTARTED in result:  # restarted, and stopped by ASHA at its first epoch
+        if RESTARTED in result:  # restarted and ended at its first epoch back (ASHA's stop skips on_trial_result)
             self._ot_trials[trial_id].set_user_attr(RESTARTED, result[RESTARTED])
         self._report(trial_id, result)  # Tune skips on_trial_result for the stopping epoch
         if result.get("status") == "diverged":

@@ -10,6 +10,7 @@ until then, and a failed write leaves no trace.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
@@ -21,7 +22,13 @@ from recipe.checkpoint import current_umask
 
 
 class WholeFile(io.RawIOBase):
-    """A file written under a temporary name, renamed into place by close(); dropped if a write failed."""
+    """A file written under a temporary name and renamed into place by close().
+
+    A write that fails (a full disk) drops the temporary file at once, and the file is not renamed
+    into place; nor is one dropped without close(): arrow closes a file it copies only once all of it
+    is written. No fsync: what this guards against is a full disk and a killed process, not a power
+    cut, and a checkpoint of 170 MB synced at every epoch would hold up training.
+    """
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -40,31 +47,31 @@ class WholeFile(io.RawIOBase):
         try:
             return self.file.write(data)
         except BaseException:
-            self.whole = False
+            self.abandon()
             raise
+
+    def abandon(self) -> None:
+        """Drop what was written: the file at `path` stays as it was."""
+        self.whole = False
+        self.close()
 
     def close(self) -> None:
         if self.closed:
             return
         try:
-            if self.whole:
-                self.file.flush()
-                os.fsync(self.file.fileno())
+            self.file.close()  # flushes: a full disk may show only now
         except BaseException:
             self.whole = False
             raise
         finally:
-            try:
-                self.file.close()
-            finally:
-                if self.whole:
-                    os.replace(self.tmp, self.path)
-                else:
+            if self.whole:
+                os.replace(self.tmp, self.path)
+            else:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.tmp)
-                super().close()
+            super().close()
 
     def __del__(self) -> None:
-        # Dropped without close(): the writer gave up (arrow closes a copied file only once all of it is written).
         if not self.closed:
             self.whole = False
         super().__del__()
@@ -116,9 +123,15 @@ class WholeFilesHandler(pyarrow.fs.FileSystemHandler):
         self.fs.move(src, dest)
 
     def copy_file(self, src: str, dest: str) -> None:
-        with self.fs.open_input_stream(src) as source, self.open_output_stream(dest, None) as target:
-            while chunk := source.read(1 << 20):
-                target.write(chunk)
+        with self.fs.open_input_stream(src) as source:
+            target = WholeFile(dest)
+            try:
+                while chunk := source.read(1 << 20):
+                    target.write(chunk)
+            except BaseException:
+                target.abandon()  # a source that could not be read whole: no copy of part of it
+                raise
+            target.close()
 
     def open_input_stream(self, path: str) -> pyarrow.NativeFile:
         return self.fs.open_input_stream(path)

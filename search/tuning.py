@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import sys
+import warnings
 from typing import Any, Callable, Iterator
 
 import optuna
@@ -67,26 +68,29 @@ class StudyASHA(ASHAScheduler):
     """ASHA that judges a trial once at each rung, across a study's interruptions.
 
     Tune does not save ASHA's rungs with a study's state: after a resume, ASHA has seen none of the
-    epochs before. Left as it is, it would judge a resumed trial at the highest rung it has reached,
-    again (it passed that rung before, or it would not have gone on), and a trial that runs epochs again
-    (restarted from epoch 0, its checkpoint damaged or gone; or resumed from the checkpoint before the
-    last epoch Tune logged) at each of those epochs afresh: it could stop at epoch 1 a trial that had
-    gone on to epoch 2, Optuna holding both. Here an epoch a trial has run before is not judged again
-    (as Optuna keeps the first value of each epoch), and a trial resumed after epoch e is judged next at
-    the first rung past e. Where it had got to comes from Tune's last result of the trial, which Tune
-    saves with the study's state.
+    epochs before. Left as it is, it would judge a resumed trial again at the rungs it had passed (or it
+    would not have gone on), and a trial that runs epochs again (restarted from epoch 0, its checkpoint
+    damaged or gone; or resumed from the checkpoint before the last epoch Tune logged) at each of those
+    epochs afresh: it could stop at epoch 1 a trial that had gone on to epoch 2, Optuna holding both.
+    Here an epoch a trial has run before is not judged again (as Optuna keeps the first value of each
+    epoch), and the rungs a resumed trial had reached count as passed: it is recorded there without a
+    value (NaN, which ASHA's cutoffs, numpy's nanpercentile, leave out). Where it had got to comes from
+    Tune's last result of the trial, which Tune saves with the study's state.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self._resumed_after: dict[str, int] = {}  # per trial, its last epoch before this session (0: none)
         self._highest: dict[str, int] = {}  # per trial, the highest epoch seen
         self._replaying: set[str] = set()  # trials whose last result was an epoch seen before
 
     def _seen_before(self, trial: Any, epoch: int) -> bool:
         if trial.trial_id not in self._highest:
             before = int((trial.last_result or {}).get(self._time_attr) or 0)
-            self._resumed_after[trial.trial_id] = self._highest[trial.trial_id] = before
+            self._highest[trial.trial_id] = before
+            if before and trial.trial_id in self._trial_info:
+                for milestone, recorded in self._trial_info[trial.trial_id]._rungs:
+                    if milestone <= before:
+                        recorded.setdefault(trial.trial_id, float("nan"))
         if epoch <= self._highest[trial.trial_id]:
             return True
         self._highest[trial.trial_id] = epoch
@@ -94,29 +98,33 @@ class StudyASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         epoch = result.get(self._time_attr)
-        if epoch is None or self._metric not in result:
-            return super().on_trial_result(tune_controller, trial, result)
-        if self._seen_before(trial, epoch):
+        if epoch is not None and self._metric in result and self._seen_before(trial, epoch):
             self._replaying.add(trial.trial_id)
             return self.CONTINUE
         self._replaying.discard(trial.trial_id)
-        if epoch < self._max_t and not self._new_rung(trial, epoch):
-            return self.CONTINUE  # the rungs it has reached, it passed before the resume
-        return super().on_trial_result(tune_controller, trial, result)
-
-    def _new_rung(self, trial: Any, epoch: int) -> bool:
-        """Whether `epoch` is at or past a rung the trial had not reached before this session."""
-        after = self._resumed_after.get(trial.trial_id, 0)
-        return not after or any(after < milestone <= epoch for milestone, _ in self._trial_info[trial.trial_id]._rungs)
+        with warnings.catch_warnings():  # a rung with none but passed-before trials: its cutoff is NaN, no stop
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        epoch = result.get(self._time_attr)
-        if trial.trial_id in self._replaying or (epoch is not None and not self._new_rung(trial, epoch)):
+        if trial.trial_id in self._replaying:
             self._trial_info.pop(trial.trial_id, None)
         else:
-            super().on_trial_complete(tune_controller, trial, result)
-        for seen in (self._resumed_after, self._highest):
-            seen.pop(trial.trial_id, None)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                super().on_trial_complete(tune_controller, trial, result)
+        self._forget(trial)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_remove(tune_controller, trial)
+        self._forget(trial)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        super().on_trial_error(tune_controller, trial)
+        self._forget(trial)
+
+    def _forget(self, trial: Any) -> None:
+        self._highest.pop(trial.trial_id, None)
         self._replaying.discard(trial.trial_id)
 
 
@@ -286,7 +294,7 @@ def settle_ended_trials(experiment: str, study: optuna.Study) -> list[str]:
     return settled
 
 
-def mark_lost_checkpoints(experiment: str) -> list[str]:
+def mark_lost_checkpoints(experiment: str, errored: bool = False) -> list[str]:
     """Make an empty directory for each lost checkpoint that Tune would resume an unfinished trial from; returns them.
 
     Tune keeps one checkpoint per trial (num_to_keep=1): registering a trial's epoch N+1 deletes
@@ -302,7 +310,8 @@ def mark_lost_checkpoints(experiment: str) -> list[str]:
     made = []
     for trial_json, metadata_json in newest_saved_state(experiment)[2]["trial_data"]:
         trial = json.loads(trial_json)
-        if trial["status"] in (Trial.TERMINATED, Trial.ERROR) or not trial.get("relative_logdir"):
+        ended = (Trial.TERMINATED,) if errored else (Trial.TERMINATED, Trial.ERROR)  # errored: resumed too
+        if trial["status"] in ended or not trial.get("relative_logdir"):
             continue
         manager = _TrainingRunMetadata.from_json_state(metadata_json).checkpoint_manager
         latest = manager.latest_checkpoint_result if manager is not None else None
@@ -389,7 +398,7 @@ def final_run(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
     )
     experiment = f"{p.storage}/final-tune"
     if tune.Tuner.can_restore(experiment):
-        mark_lost_checkpoints(experiment)
+        mark_lost_checkpoints(experiment, errored=True)
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=storage_filesystem(p.storage))
     else:

@@ -366,8 +366,6 @@ def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_and_resumes_o
 
 @needs_mounts
 def test_tunes_files_on_a_local_disk_are_written_whole_or_not_at_all(tmpfs, tmp_path):
-    import pickle
-
     import pyarrow.fs
 
     from search.storage import whole_files
@@ -377,7 +375,7 @@ def test_tunes_files_on_a_local_disk_are_written_whole_or_not_at_all(tmpfs, tmp_
     whole = whole_files()  # Tune's storage file system for a study on a local disk
     with whole.open_output_stream(str(state)) as f:
         f.write(b'{"saved": 1}')
-    assert state.read_bytes() == b'{"saved": 1}' and state.stat().st_mode & 0o777 == 0o666 & ~checkpoint.current_umask()
+    assert state.read_bytes() == b'{"saved": 1}'
     # Tune copies its newer state (or a checkpoint) in; the disk fills halfway: the old file stays whole.
     newer = tmp_path / "newer.json"
     newer.write_bytes(b" " * (2 << 20))
@@ -385,4 +383,21 @@ def test_tunes_files_on_a_local_disk_are_written_whole_or_not_at_all(tmpfs, tmp_
         pyarrow.fs.copy_files(str(newer), str(state), destination_filesystem=whole)
     assert state.read_bytes() == b'{"saved": 1}'
     assert [p.name for p in state.parent.iterdir()] == [state.name]  # no temporary file left
-    assert pickle.loads(pickle.dumps(whole)).equals(whole)  # as Ray hands it to each trial's worker
+
+
+def test_tunes_storage_file_system_reaches_trial_workers_and_copies_whole_files(tmp_path):
+    import pickle
+
+    import pyarrow.fs
+
+    from search.storage import whole_files
+
+    whole = pickle.loads(pickle.dumps(whole_files()))  # as Ray hands it to each trial's worker
+    source = tmp_path / "checkpoint_000001"
+    source.mkdir()
+    (source / "last.pt").write_bytes(os.urandom(3 << 20))
+    pyarrow.fs.copy_files(str(source), str(tmp_path / "tune" / source.name), destination_filesystem=whole)
+    copied = tmp_path / "tune" / source.name / "last.pt"
+    assert copied.read_bytes() == (source / "last.pt").read_bytes()
+    assert copied.stat().st_mode & 0o777 == 0o666 & ~checkpoint.current_umask()
+    assert [p.name for p in copied.parent.iterdir()] == ["last.pt"]

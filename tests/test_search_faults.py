@@ -98,15 +98,14 @@ def interrupted(tmp_path_factory):
     args = ["--study", STUDY, "--results-dir", str(results)]
     k: dict = {"root": root, "db": db}
 
-    # 1. SIGTERM once a trial has ended and another is between epochs (ASHA always lets the first trial at a
-    # rung go on, so that moment comes; should the poll miss it, once three have ended).
+    # 1. SIGTERM once a trial has ended and another is after its first epoch, two from its end (ASHA lets the
+    # first trial at a rung go on, so that moment comes): it does not end while Tune stops.
     def stop_midway(proc, out):
         if "sigterm" in k:
             return
         trials = read_trials(db, "tiny")
         ended = sum(t.state.is_finished() for t in trials)
-        midway = any(t.state == TrialState.RUNNING and t.intermediate_values for t in trials)
-        if (ended >= 1 and midway) or ended >= 3:
+        if ended and any(t.state == TrialState.RUNNING and list(t.intermediate_values) == [1] for t in trials):
             proc.send_signal(signal.SIGTERM)
             k["sigterm"] = True
 
@@ -146,8 +145,10 @@ def interrupted(tmp_path_factory):
         return [tid for tid in midway_with_checkpoint(root / "tune") if tid in running]
 
     k["stopped_at"] = stopped_at
-    k["killed"] = run_study(args + ["--resume", "--no-final"], watch=kill_midway, poll=0.1)
-    clean_up(seen.get("tree", []))
+    try:
+        k["killed"] = run_study(args + ["--resume", "--no-final"], watch=kill_midway, poll=0.1)
+    finally:
+        clean_up(seen.get("tree", []))
     k["after_kill"] = read_trials(db, "tiny")
     # Tune's experiment as the kill left it, for test_lost_checkpoints_of_unfinished_trials_are_marked.
     k["left"] = tmp_path_factory.mktemp("left") / "tune"
@@ -184,8 +185,10 @@ def interrupted(tmp_path_factory):
         if "tree" not in final_seen and "final epoch 1/" in out:
             kill_tree(proc, final_seen)
 
-    k["final_killed"] = run_study(args + ["--resume"], watch=kill_in_final, poll=0.1)
-    clean_up(final_seen.get("tree", []))
+    try:
+        k["final_killed"] = run_study(args + ["--resume"], watch=kill_in_final, poll=0.1)
+    finally:
+        clean_up(final_seen.get("tree", []))
     k["ended"] = run_study(args + ["--resume"])
     return k
 
@@ -386,27 +389,32 @@ def test_a_study_lock_is_held_for_its_drivers_life_and_freed_when_it_is_killed(t
     assert (root / "driver.lock").read_text().strip() == str(os.getpid())
 
 
-def test_asha_does_not_judge_again_the_epochs_a_resumed_trial_runs_again():
+def test_asha_does_not_judge_again_the_epochs_a_resumed_trial_runs_again_nor_the_rungs_it_passed():
+    import math
     from types import SimpleNamespace
 
     from search.tuning import StudyASHA
 
-    asha = StudyASHA(time_attr="epoch", metric="eval_acc", mode="max", max_t=4, grace_period=1, reduction_factor=2)
-    # After a resume: ASHA has seen nothing, Tune's record says the restarted trial had reached epoch 2.
-    leader, restarted, newcomer = (SimpleNamespace(trial_id=t, last_result=r) for t, r in
-                                   (("a", {}), ("b", {"epoch": 2, "eval_acc": 0.1}), ("c", {})))
-    for trial in (leader, restarted, newcomer):
+    asha = StudyASHA(time_attr="epoch", metric="eval_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2)
+    # After a resume: ASHA (rungs at epochs 1, 2, 4) has seen nothing; Tune's record says where each trial was.
+    trials = {name: SimpleNamespace(trial_id=name, last_result=last) for name, last in
+              (("leader", {}), ("restarted", {"epoch": 2, "eval_acc": 0.1}), ("newcomer", {}),
+               ("resumed", {"epoch": 2, "eval_acc": 0.1}))}
+    for trial in trials.values():
         asha.on_trial_add(None, trial)
-    assert asha.on_trial_result(None, leader, {"epoch": 1, "eval_acc": 0.9}) == asha.CONTINUE
-    # Epochs 1 and 2 again, from epoch 0: judged before (it passed rung 1 then), not again.
-    for epoch in (1, 2):
-        assert asha.on_trial_result(None, restarted, {"epoch": epoch, "eval_acc": 0.0}) == asha.CONTINUE
+
+    def result(name, epoch, acc):
+        return asha.on_trial_result(None, trials[name], {"epoch": epoch, "eval_acc": acc})
+
+    for epoch in (1, 2, 3, 4):
+        assert result("leader", epoch, 0.9) == asha.CONTINUE
+    # Epochs 1 and 2 again, from epoch 0: judged before (it went on past them then), not again.
+    assert result("restarted", 1, 0.0) == asha.CONTINUE and result("restarted", 2, 0.0) == asha.CONTINUE
     # A new trial as poor at epoch 1 is stopped there.
-    assert asha.on_trial_result(None, newcomer, {"epoch": 1, "eval_acc": 0.0}) == asha.STOP
-    asha.on_trial_result(None, leader, {"epoch": 2, "eval_acc": 0.9})
-    # Rungs at epochs 1, 2, (4): the restarted trial passed 1 and 2 before; epoch 3 is no rung.
-    assert asha.on_trial_result(None, restarted, {"epoch": 3, "eval_acc": 0.0}) == asha.CONTINUE
-    # A trial resumed after epoch 1 is judged at rung 2, the first it had not reached.
-    resumed = SimpleNamespace(trial_id="d", last_result={"epoch": 1, "eval_acc": 0.5})
-    asha.on_trial_add(None, resumed)
-    assert asha.on_trial_result(None, resumed, {"epoch": 2, "eval_acc": 0.0}) == asha.STOP
+    assert result("newcomer", 1, 0.0) == asha.STOP
+    # A trial resumed after epoch 2 passed rungs 1 and 2: epoch 3 is not judged at either; epoch 4 is, at rung 4.
+    assert result("resumed", 3, 0.0) == asha.CONTINUE
+    assert result("resumed", 4, 0.0) == asha.STOP
+    rungs = dict(asha._trial_info["leader"]._rungs)
+    assert rungs[1]["leader"] == 0.9 and math.isnan(rungs[1]["resumed"]) and math.isnan(rungs[2]["resumed"])
+    assert rungs[4]["resumed"] == 0.0
