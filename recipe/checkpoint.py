@@ -69,7 +69,7 @@ class _Tracked(io.RawIOBase):
     behind it, it only counts: the size a write would need.
     """
 
-    def __init__(self, f: io.BufferedWriter | None = None) -> None:
+    def __init__(self, f: io.RawIOBase | None = None) -> None:
         self.f, self.written, self.error = f, 0, None
 
     def writable(self) -> bool:
@@ -140,30 +140,84 @@ def current_umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[io.RawIOBase], None]) -> None:
-    """Write through a temporary file in the same directory, then rename it into place.
+class WholeFile(io.RawIOBase):
+    """A file written under a temporary name beside `path` and renamed into place by close().
 
-    A reader (or a crash) never sees a half-written file: it sees the old one or the new one.
-    The file gets the mode a plain open() would give it under the umask (mkstemp's is 0600, which
-    would keep colleagues and web servers from reading a study's report on a shared disk).
+    A reader (or a crash) never sees a half-written file: it sees the old one or the new one. A write
+    that fails (a full disk) drops the temporary file at once and nothing is renamed into place; nor
+    when the `with` block raises, nor for a file dropped without close() (arrow closes a file it
+    copies only once all of it is written). The file gets the mode a plain open() would give it under
+    the umask (mkstemp's is 0600, which would keep colleagues and web servers from reading a study's
+    report on a shared disk). sync=True: on the disk before it is renamed into place.
+    """
+
+    def __init__(self, path: str | Path, sync: bool = False) -> None:
+        super().__init__()
+        self.path, self.sync, self.whole, self.file = Path(path), sync, True, None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
+        self.file = os.fdopen(fd, "wb")
+        os.fchmod(fd, 0o666 & ~current_umask())
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.file.write(data)
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """Drop what was written: the file at `path` stays as it was."""
+        self.whole = False
+        self.close()
+
+    def close(self) -> None:
+        if self.closed or self.file is None:  # closed, or mkstemp failed: nothing to put in place
+            return
+        try:
+            try:
+                if self.whole and self.sync:
+                    self.file.flush()
+                    os.fsync(self.file.fileno())
+            finally:
+                self.file.close()  # flushes: a full disk may show only now
+        except BaseException:
+            self.whole = False
+            raise
+        finally:
+            if self.whole:
+                os.replace(self.tmp, self.path)
+            else:
+                Path(self.tmp).unlink(missing_ok=True)
+            super().close()
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is not None:
+            self.abandon()
+        else:
+            self.close()
+
+    def __del__(self) -> None:
+        if not self.closed:
+            self.whole = False
+        super().__del__()
+
+
+def atomic_write(path: str | Path, write: Callable[[io.RawIOBase], None]) -> None:
+    """Write `path` whole or not at all (a WholeFile, synced to disk before it is renamed into place).
+
     A full disk (or quota) raises DiskFullError, the old file left as it was.
     """
     path = Path(path)
     tracked = _Tracked()
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~current_umask())
-        with os.fdopen(fd, "wb") as f:
+        with WholeFile(path, sync=True) as f:
             tracked.f = f
             write(tracked)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException as e:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         cause = tracked.error if tracked.error is not None else e
         if isinstance(cause, OSError) and cause.errno in DISK_FULL:
             raise _disk_full(path, write, tracked.written, cause) from None

@@ -10,71 +10,10 @@ until then, and a failed write leaves no trace.
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-import tempfile
-
 import pyarrow
 import pyarrow.fs
 
-from recipe.checkpoint import current_umask
-
-
-class WholeFile(io.RawIOBase):
-    """A file written under a temporary name and renamed into place by close().
-
-    A write that fails (a full disk) drops the temporary file at once, and the file is not renamed
-    into place; nor is one dropped without close(): arrow closes a file it copies only once all of it
-    is written. No fsync: what this guards against is a full disk and a killed process, not a power
-    cut, and a checkpoint of 170 MB synced at every epoch would hold up training.
-    """
-
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        self.path = path
-        folder, name = os.path.split(path)
-        os.makedirs(folder or ".", exist_ok=True)  # as arrow's local file system does
-        fd, self.tmp = tempfile.mkstemp(dir=folder or ".", prefix=f".{name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~current_umask())
-        self.file = os.fdopen(fd, "wb")
-        self.whole = True
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        try:
-            return self.file.write(data)
-        except BaseException:
-            self.abandon()
-            raise
-
-    def abandon(self) -> None:
-        """Drop what was written: the file at `path` stays as it was."""
-        self.whole = False
-        self.close()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        try:
-            self.file.close()  # flushes: a full disk may show only now
-        except BaseException:
-            self.whole = False
-            raise
-        finally:
-            if self.whole:
-                os.replace(self.tmp, self.path)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.tmp)
-            super().close()
-
-    def __del__(self) -> None:
-        if not self.closed:
-            self.whole = False
-        super().__del__()
+from recipe.checkpoint import WholeFile
 
 
 class WholeFilesHandler(pyarrow.fs.FileSystemHandler):
@@ -140,6 +79,8 @@ class WholeFilesHandler(pyarrow.fs.FileSystemHandler):
         return self.fs.open_input_file(path)
 
     def open_output_stream(self, path: str, metadata) -> pyarrow.NativeFile:
+        # No fsync: this guards against a full disk and a killed process, not a power cut, and a
+        # checkpoint of 170 MB synced again at every epoch would hold up training.
         return pyarrow.PythonFile(WholeFile(path), mode="w")
 
     def open_append_stream(self, path: str, metadata) -> pyarrow.NativeFile:

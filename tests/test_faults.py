@@ -401,3 +401,16 @@ def test_tunes_storage_file_system_reaches_trial_workers_and_copies_whole_files(
     assert copied.read_bytes() == (source / "last.pt").read_bytes()
     assert copied.stat().st_mode & 0o777 == 0o666 & ~checkpoint.current_umask()
     assert [p.name for p in copied.parent.iterdir()] == ["last.pt"]
+
+
+def test_a_writer_that_fails_midway_leaves_the_old_file_and_no_temporary_one(tmp_path):
+    path = tmp_path / "best.json"
+    path.write_bytes(b'{"old": 1}')
+    with pytest.raises(ValueError):
+        with checkpoint.WholeFile(path) as f:
+            f.write(b'{"new": ')
+            raise ValueError("the writer gave up")
+    assert path.read_bytes() == b'{"old": 1}' and [p.name for p in tmp_path.iterdir()] == ["best.json"]
+    with checkpoint.WholeFile(path) as f:
+        f.write(b'{"new": 2}')
+    assert path.read_bytes() == b'{"new": 2}' and [p.name for p in tmp_path.iterdir()] == ["best.json"]
