@@ -74,6 +74,10 @@ class RecipeConfig:
         0, "hold out this many training images (stratified, seeded) as the evaluation set; 0 evaluates on the test set"
     )
     seed: int = _f(0, "seed of every random choice: split, init, order, augmentation, dropout")
+    split_seed: int = _f(
+        -1, "seed of the validation split and the test subset alone (-1: seed); runs that differ only in seed "
+        "then score on the same images"
+    )
     # Execution.
     device: str = _f("auto", "'auto' (cuda if available), 'cpu' or 'cuda'")
     pipeline: str = _f("fast", "'fast' (dataset on the device, batched augmentation) or 'classic' (DataLoader)")
@@ -118,6 +122,7 @@ class RecipeConfig:
             ("eval_subset", self.eval_subset >= 0, "must be >= 0 (0: all test images)"),
             ("val_size", self.val_size >= 0, "must be >= 0"),
             ("seed", self.seed >= 0, "must be >= 0"),
+            ("split_seed", self.split_seed >= -1, "must be >= 0, or -1 for the run's seed"),
             ("device", self.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
             ("pipeline", self.pipeline in PIPELINES, f"must be one of {', '.join(PIPELINES)}"),
             ("workers", self.workers >= 0, "must be >= 0"),

@@ -176,7 +176,7 @@ def load_splits(config: RecipeConfig) -> Splits:
     """The training set and the evaluation set the config asks for.
 
     With val_size > 0 the evaluation set is a stratified, seeded split of the training set
-    (the same for every run with the same seed and data) and the test set is not touched.
+    (the same for every run with the same split seed and data) and the test set is not touched.
     The subset is then taken from what remains, so the validation split does not depend on it.
     """
     if config.data == "synthetic":
@@ -188,7 +188,8 @@ def load_splits(config: RecipeConfig) -> Splits:
     else:
         raise DataError(f"data: expected 'cifar100', 'synthetic' or a path to a .npz file, got {config.data!r}")
 
-    order = stratified_order(train.y, config.seed)
+    split_seed = config.seed if config.split_seed < 0 else config.split_seed
+    order = stratified_order(train.y, split_seed)
     if config.val_size + config.subset > len(train):
         raise DataError(
             f"val_size ({config.val_size}) + subset ({config.subset}) exceed the {len(train)} training images"
@@ -202,7 +203,7 @@ def load_splits(config: RecipeConfig) -> Splits:
         if config.eval_subset:
             if config.eval_subset > len(test):
                 raise DataError(f"eval_subset ({config.eval_subset}) exceeds the {len(test)} test images")
-            evaluation = test.take(np.sort(stratified_order(test.y, config.seed)[: config.eval_subset]))
+            evaluation = test.take(np.sort(stratified_order(test.y, split_seed)[: config.eval_subset]))
     if config.subset:
         rest = rest[: config.subset]
     if len(rest) == 0:

@@ -95,3 +95,17 @@ def test_subsets_are_stratified():
 def test_subset_and_split_larger_than_the_data_is_an_error():
     with pytest.raises(DataError, match="exceed"):
         load_splits(tiny_config(subset=9500, val_size=1000))
+
+
+def test_the_split_seed_alone_draws_the_validation_split_and_the_test_subset():
+    def sets(**changes):
+        splits = load_splits(RecipeConfig(data="synthetic", val_size=300, subset=500, **changes))
+        return splits.eval.x.tobytes(), splits.train.x.tobytes()
+
+    base = sets(seed=1, split_seed=7)
+    assert sets(seed=2, split_seed=7) == base  # another run seed: the same images
+    assert sets(seed=1, split_seed=8)[0] != base[0]
+    assert sets(seed=7) == base  # -1 (the default): the run's seed draws them, as before split_seed existed
+    tests = [load_splits(RecipeConfig(data="synthetic", eval_subset=200, **c)).eval.y.tobytes()
+             for c in ({"seed": 1, "split_seed": 7}, {"seed": 2, "split_seed": 7}, {"seed": 1, "split_seed": 8})]
+    assert tests[0] == tests[1] != tests[2]
