@@ -77,6 +77,9 @@ high = 0.3
 
 [sampler]
 n_startup_trials = {2 if quick else 4}
+
+[selection]
+revalidate_top = {1 if quick else 2}
 '''
     if quick:
         return common + f'''
@@ -292,7 +295,9 @@ def study_step(out: Path, data: Path, sizes: Sizes, timeout: float) -> dict[str,
     return record | {
         "status": "ok", "trials": len(states), "complete": states.count("complete"), "pruned": states.count("pruned"),
         "failed": states.count("failed"), "best_trial": best["trial_id"], "best_value": best["value"],
-        "final_test_acc": final["final_eval_acc"], "final_epochs": final["epochs_run"],
+        "best_mean_value": best["mean_value"], "best_runs": len(best["values"]),
+        "final_test_acc": final["mean_final_eval_acc"], "final_seeds": len(final["seeds"]),
+        "final_epochs": final["runs"][0]["epochs_run"],
     }
 
 
@@ -334,8 +339,11 @@ def summary_md(args: argparse.Namespace, bench: dict, run: dict, study: dict, to
     if study.get("status") == "ok":
         lines += [f"`{study['command']}`: {study['wall_s']:.0f} s end to end; {study['trials']} trials: "
                   f"{study['complete']} complete, {study['pruned']} stopped by ASHA, {study['failed']} failed; best trial "
-                  f"{study['best_trial']} ({pct(study['best_value'])} validation accuracy); final run "
-                  f"{pct(study['final_test_acc'])} test accuracy after {study['final_epochs']} epochs; GPU memory peak "
+                  f"{study['best_trial']} ({pct(study['best_value'])} validation accuracy, mean "
+                  f"{pct(study['best_mean_value'])} over {study['best_runs']} runs after re-validation); final run"
+                  f"{'s' if study['final_seeds'] > 1 else ''} {pct(study['final_test_acc'])} test accuracy"
+                  f"{' (mean of ' + str(study['final_seeds']) + ' seeds)' if study['final_seeds'] > 1 else ''} after "
+                  f"{study['final_epochs']} epochs; GPU memory peak "
                   f"{study['gpu_memory_peak_mib'] if study['gpu_memory_peak_mib'] is not None else '-'} MiB."]
     return "\n".join(lines) + "\n"
 

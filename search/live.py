@@ -132,28 +132,82 @@ class LiveView(Callback):
             self.stream.flush()
 
 
-class FinalView(Callback):
-    """One line per epoch of the final run."""
+class RevalidationView(Callback):
+    """A line as each re-validation run starts, ends or fails."""
 
-    def __init__(self, epochs: int, stream: TextIO | None = None) -> None:
-        self.epochs = epochs
+    def __init__(self, values: dict[int, float], metric: str, horizon: int, stream: TextIO | None = None) -> None:
+        self.values, self.metric, self.horizon = values, metric, horizon  # the search's value of each re-run trial
         self.stream = stream or sys.stdout
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"epochs": self.epochs}
+        return {"values": self.values, "metric": self.metric, "horizon": self.horizon}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.epochs, self.stream = state["epochs"], sys.stdout
+        self.__dict__.update(state)
+        self.stream = sys.stdout
+
+    def _fmt(self, value: float) -> str:
+        return f"val accuracy {100 * value:.2f}%" if self.metric == "eval_acc" else f"val loss {value:.4f}"
+
+    def _line(self, text: str) -> None:
+        self.stream.write(f"{time.strftime('%H:%M:%S')}  {text}\n")
+        self.stream.flush()
+
+    def _name(self, trial: Any) -> str:
+        return f"trial {trial.config['trial_id']} (seed {trial.config['seed']})"
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(f"re-validation of {self._name(trial)} started")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if RESTARTED in result:
-            self.stream.write(f"{time.strftime('%H:%M:%S')}  final run: {result[RESTARTED]}\n")
+            self._line(f"re-validation of {self._name(trial)}: {result[RESTARTED]}")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        searched = self.values.get(int(trial.config["trial_id"]))
+        if last.get("epoch") == self.horizon and self.metric in last and last.get("status") != "diverged":
+            self._line(f"re-validated {self._name(trial)}: {self._fmt(last[self.metric])} at epoch {self.horizon} "
+                       f"(search: {self._fmt(searched) if searched is not None else 'n/a'})")
+        else:
+            self._line(f"re-validation of {self._name(trial)} ended at epoch {last.get('epoch', 0)}: "
+                       f"{last.get('reason') or last.get('status') or 'no result'}")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(f"re-validation of {self._name(trial)} failed; it is left out of its trial's mean")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._line(f"re-validation of {self._name(trial)} crashed; retrying from its last checkpoint "
+                   f"(attempt {trial.num_failures + 1})")
+
+
+class FinalView(Callback):
+    """One line per epoch of each final run."""
+
+    def __init__(self, epochs: int, several: bool = False, stream: TextIO | None = None) -> None:
+        self.epochs, self.several = epochs, several
+        self.stream = stream or sys.stdout
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "several": self.several}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.epochs, self.several, self.stream = state["epochs"], state.get("several", False), sys.stdout
+
+    def _name(self, trial: Any) -> str:
+        return f"final run (seed {trial.config.get('seed')})" if self.several else "final run"
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if RESTARTED in result:
+            self.stream.write(f"{time.strftime('%H:%M:%S')}  {self._name(trial)}: {result[RESTARTED]}\n")
         if "epoch" in result:
+            seed = f" (seed {trial.config.get('seed')})" if self.several else ""
             self.stream.write(
-                f"{time.strftime('%H:%M:%S')}  final epoch {result['epoch']}/{self.epochs}: train loss "
+                f"{time.strftime('%H:%M:%S')}  final epoch {result['epoch']}/{self.epochs}{seed}: train loss "
                 f"{result['train_loss']:.4f}, test accuracy {100 * result['eval_acc']:.2f}%, "
                 f"{result['images_per_s']:.0f} img/s\n")
             self.stream.flush()
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.stream.write(f"final run crashed; retrying from its last checkpoint (attempt {trial.num_failures + 1})\n")
+        self.stream.write(f"{self._name(trial)} crashed; retrying from its last checkpoint "
+                          f"(attempt {trial.num_failures + 1})\n")

@@ -2,7 +2,8 @@
 
 One self-contained page (plotly.js embedded once; it opens offline) built from the study's
 results directory alone: spec.json, optuna.db (the source of truth for trials, opened
-read-only) and final/ as far as the final run got. It works on a study that is still running:
+read-only), revalidation.json once re-validation has chosen, and final/ (a run directory per
+seed, and their summary.json) as far as the final runs got. It works on a study that is still running:
 trials.csv and best.json are not needed. The same files give the same page, byte for byte.
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -28,7 +30,7 @@ from recipe.checkpoint import write_text
 from recipe.cli import Parser, fail
 from recipe.config import RecipeError
 from recipe.curves import run_figure
-from search.results import STATES, best_trial, trials_frame
+from search.results import STATES, chosen_trial, load_revalidation, trials_frame
 from search.study import SEARCHED, StudyPaths, StudySpec
 
 # fANOVA fits a forest to (settings -> objective); with fewer complete trials than searched
@@ -154,8 +156,27 @@ def open_study(paths: StudyPaths, spec: StudySpec) -> optuna.Study | None:
                 storage.engine.dispose()
 
 
-def load_final(paths: StudyPaths) -> FinalRun:
-    run = paths.final
+@dataclass(frozen=True)
+class FinalRuns:
+    """The final runs: one per seed (final/seed-<s>/), and their summary once every one has ended."""
+
+    runs: dict[int, FinalRun]
+    summary: dict[str, Any]  # final/summary.json; {} until written
+
+    @property
+    def started(self) -> bool:
+        return bool(self.runs)
+
+    @property
+    def eval_set(self) -> str:
+        return next((r.eval_set for r in self.runs.values()), "test")
+
+    @property
+    def epochs(self) -> int | None:
+        return next((r.epochs for r in self.runs.values() if r.epochs), None)
+
+
+def load_run(run: Path) -> FinalRun:
     summary_path, metrics_path = run / "summary.json", run / "metrics.csv"
     if not summary_path.is_file() and not metrics_path.is_file():
         return FinalRun(status=None, epochs=None, history=[], summary={})
@@ -165,6 +186,14 @@ def load_final(paths: StudyPaths) -> FinalRun:
     if epochs is None and (run / "config.json").is_file():
         epochs = json.loads((run / "config.json").read_text()).get("epochs")
     return FinalRun(status=summary.get("status", "running"), epochs=epochs, history=history, summary=summary)
+
+
+def load_final(paths: StudyPaths) -> FinalRuns:
+    seeds = sorted(int(d.name.removeprefix("seed-")) for d in paths.final.glob("seed-*")
+                   if d.is_dir() and d.name.removeprefix("seed-").isdigit())
+    runs = {seed: run for seed in seeds if (run := load_run(paths.final_run(seed))).status is not None}
+    summary_path = paths.final / "summary.json"
+    return FinalRuns(runs=runs, summary=json.loads(summary_path.read_text()) if summary_path.is_file() else {})
 
 
 def epochs_of(trial: FrozenTrial) -> int:
@@ -346,10 +375,90 @@ def slice_figure(study: optuna.Study, objective: Objective, spec: StudySpec) -> 
     return fig
 
 
-def final_figure(final: FinalRun, best: FrozenTrial | None) -> go.Figure:
+def final_figure(final: FinalRuns, best: FrozenTrial | None) -> go.Figure:
+    """The headline: every final run's test accuracy per epoch, overlaid, with their mean +- one sample std."""
     which = f"trial {best.number}'s settings" if best is not None else "the best settings"
     length = f"{final.epochs} epochs" if final.epochs else "the full recipe"
-    return run_figure(final.history, f"Final run: {length} with {which}", eval_name=final.eval_set)
+    fig = go.Figure()
+    curves = {seed: {int(row["epoch"]): 100 * row["eval_acc"] for row in run.history} for seed, run in final.runs.items()}
+    several = len(curves) > 1
+    for seed, curve in curves.items():
+        fig.add_trace(go.Scatter(
+            x=list(curve), y=list(curve.values()), mode="lines+markers" if len(curve) <= 60 else "lines",
+            name=f"seed {seed}", line=dict(width=1.5 if several else 2.5), marker=dict(size=4),
+            opacity=0.7 if several else 1.0,
+            hovertemplate=f"seed {seed}<br>epoch %{{x}}: %{{y:.2f}}%<extra></extra>"))
+    epochs = sorted(set.intersection(*(set(c) for c in curves.values()))) if several else []
+    if epochs:  # the epochs every run has reached
+        means = [statistics.fmean(c[e] for c in curves.values()) for e in epochs]
+        stds = [statistics.stdev(c[e] for c in curves.values()) for e in epochs]
+        fig.add_trace(go.Scatter(x=epochs + epochs[::-1], y=[m + d for m, d in zip(means, stds)]
+                                 + [m - d for m, d in zip(means[::-1], stds[::-1])],
+                                 mode="lines", fill="toself", fillcolor="rgba(0,0,0,0.12)", line=dict(width=0),
+                                 hoverinfo="skip",
+                                 name="mean +- std"))
+        fig.add_trace(go.Scatter(x=epochs, y=means, mode="lines", line=dict(color="black", width=3),
+                                 name=f"mean of {len(curves)} seeds", customdata=stds,
+                                 hovertemplate="mean<br>epoch %{x}: %{y:.2f} +- %{customdata:.2f}%<extra></extra>"))
+    title = f"Final run{'s' * several}: {length} with {which}" + (f", {len(curves)} seeds" if several else "")
+    fig.update_layout(title=title, height=430, legend=dict(orientation="h", y=-0.2))
+    fig.update_xaxes(title_text="epoch", **integer_ticks(max((max(c, default=0) for c in curves.values()), default=0)))
+    fig.update_yaxes(title_text=f"{final.eval_set} accuracy (%)")
+    return fig
+
+
+def final_run_figure(seed: int, run: FinalRun) -> go.Figure:
+    length = f"{run.epochs} epochs" if run.epochs else "the full recipe"
+    return run_figure(run.history, f"Final run with seed {seed} in detail: {length}", eval_name=run.eval_set)
+
+
+def revalidation_figure(record: dict[str, Any], objective: Objective) -> go.Figure:
+    """Each re-validated trial: its search value, its re-runs and their mean; the chosen one marked."""
+    fig = go.Figure()
+    names = [f"trial {r['trial_id']}" for r in record["trials"]]
+    runs = {r["trial_id"]: [x for x in record["runs"] if x["trial_id"] == r["trial_id"]] for r in record["trials"]}
+
+    def scaled(v: float | None) -> float | None:
+        return objective.scale * v if v is not None and math.isfinite(v) else None
+
+    fig.add_trace(go.Scatter(x=names, y=[scaled(r["value"]) for r in record["trials"]], mode="markers",
+                             name="search (seed of the study)", marker=dict(symbol="circle", size=11, color="#1f77b4"),
+                             hovertemplate="%{x}, search: %{y:.2f}<extra></extra>"))
+    xs, ys, text = [], [], []
+    for name, r in zip(names, record["trials"]):
+        for run in runs[r["trial_id"]]:
+            xs.append(name)
+            ys.append(scaled(run["value"]))
+            text.append(f"seed {run['seed']}, {run['status']}")
+    fig.add_trace(go.Scatter(x=xs, y=ys, mode="markers", name=f"re-run (seed {record['seed']})", text=text,
+                             marker=dict(symbol="diamond", size=11, color="#ff7f0e"),
+                             hovertemplate="%{x}, %{text}: %{y:.2f}<extra></extra>"))
+    fig.add_trace(go.Scatter(x=names, y=[scaled(r["mean_value"]) for r in record["trials"]], mode="markers",
+                             name="mean of its runs", marker=dict(symbol="line-ew-open", size=34, color="black",
+                                                                  line=dict(width=3)),
+                             hovertemplate="%{x}, mean: %{y:.2f}<extra></extra>"))
+    chosen = next(r for r in record["trials"] if r["trial_id"] == record["chosen"])
+    fig.add_annotation(x=f"trial {chosen['trial_id']}", y=scaled(chosen["mean_value"]) or 0, text="chosen",
+                       showarrow=True, arrowhead=2, ay=-40)
+    what = (f"trial {record['chosen']} chosen by its mean, over trial {record['best_single']} (the best single value)"
+            if record["changed"] else f"trial {record['chosen']} stays the best by its mean")
+    fig.update_layout(title=f"Re-validation of the top trials: {what}", height=400,
+                      legend=dict(orientation="h", y=-0.2))
+    fig.update_xaxes(title_text="trial (ranked by its search value, best first)")
+    fig.update_yaxes(title_text=objective.label)
+    return fig
+
+
+def revalidation_table(record: dict[str, Any], objective: Objective) -> str:
+    rows = []
+    for r in record["trials"]:
+        again = [x for x in record["runs"] if x["trial_id"] == r["trial_id"]]
+        reruns = ", ".join(f"{objective.fmt(x['value']) if x['value'] is not None else x['status']} (seed {x['seed']})"
+                           for x in again) or "none"
+        rows.append({"trial": r["trial_id"], "search value": objective.fmt(r["value"]), "re-runs": reruns,
+                     "mean": objective.fmt(r["mean_value"]),
+                     "chosen": "chosen" if r["trial_id"] == record["chosen"] else ""})
+    return pd.DataFrame(rows).to_html(index=False, table_id="revalidated", border=0, escape=True)
 
 
 # ---- the page -----------------------------------------------------------------------------------
@@ -398,7 +507,8 @@ def spec_html(spec: StudySpec) -> str:
             f'</pre></details>')
 
 
-def final_text(final: FinalRun) -> str:
+def run_text(final: FinalRun) -> str:
+    """Where one final run stands, in a line."""
     if final.status is None:
         return "final run not started"
     done, planned = len(final.history), final.epochs or "?"
@@ -416,34 +526,79 @@ def final_text(final: FinalRun) -> str:
     return f"{final.status} at epoch {done} of {planned}{best}"
 
 
-def header_html(spec: StudySpec, trials: Sequence[FrozenTrial], best: FrozenTrial | None, final: FinalRun,
-                objective: Objective, db_present: bool) -> str:
-    counts = count_states(trials)
-    by_state = ", ".join(f"{n} {state}" for state, n in counts.items())
+def final_text(final: FinalRuns) -> str:
+    """The final runs in a line: one run as it stands, or several seeds' mean +- std and each one."""
+    if not final.started:
+        return "final run not started"
+    if len(final.runs) == 1 and len(final.summary.get("seeds", [0])) == 1:
+        return run_text(next(iter(final.runs.values())))
+    summary, acc = final.summary, Objective("eval_acc", "max")
+    mean, std = summary.get("mean_final_eval_acc"), summary.get("std_final_eval_acc")
+    if mean is None:  # still running, or none completed
+        return "; ".join(f"seed {seed}: {run_text(run)}" for seed, run in final.runs.items())
+    each = ", ".join(f"seed {seed}: {acc.fmt((run.history or [{}])[-1].get('eval_acc'))}"
+                     + ("" if run.status == "completed" else f" ({run.status})") for seed, run in final.runs.items())
+    spread = f" +- {100 * std:.2f}%" if std is not None else ""
+    head = (f"{final.eval_set} accuracy {100 * mean:.2f}%{spread} at the last epoch, mean and sample std over "
+            f"{plural(summary['n'], 'seed')}")
+    return f"{head}; {each}" + ("" if summary["status"] == "completed" else f"; {summary['status']}")
+
+
+def budget_text(spec: StudySpec, trials: Sequence[FrozenTrial], revalidation: dict[str, Any] | None,
+                final: FinalRuns) -> str:
+    """Epochs the search ran and saved by early stopping; what re-validation and extra final seeds cost."""
     budget = epoch_budget(trials, spec.asha.horizon)
     if budget.saving is None:
-        epochs = "no trial has finished yet"
+        text = "no trial has finished yet"
     else:
-        epochs = (f"{plural(budget.run, 'epoch')} run by {plural(budget.finished_trials, 'finished trial')}, "
-                  f"against {budget.without_stopping} without early stopping (complete and pruned trials at the "
-                  f"horizon of {spec.asha.horizon}, failed ones as far as they ran): {100 * budget.saving:.1f}% saved")
+        text = (f"{plural(budget.run, 'epoch')} run by {plural(budget.finished_trials, 'finished trial')}, "
+                f"against {budget.without_stopping} without early stopping (complete and pruned trials at the "
+                f"horizon of {spec.asha.horizon}, failed ones as far as they ran): {100 * budget.saving:.1f}% saved")
     if budget.running_trials:
-        epochs += (f"; {plural(budget.running_trials, 'running trial')}: "
-                   f"{plural(budget.running_epochs, 'epoch')} so far")
-    wall = wall_time_s(trials)
-    wall_text = "n/a" if wall is None else format_duration(wall) + (" so far" if budget.running_trials else "")
+        text += f"; {plural(budget.running_trials, 'running trial')}: {plural(budget.running_epochs, 'epoch')} so far"
+    if revalidation is not None:
+        wall = revalidation.get("wall_time_s")
+        text += (f"; re-validation: {plural(len(revalidation['runs']), 'run')} of the top trials, "
+                 f"{plural(revalidation['epochs'], 'epoch')}"
+                 + (f", {format_duration(wall)} of wall time" if wall is not None else ""))
+    extra = [(seed, run) for seed, run in final.runs.items() if seed != spec.seed]
+    if extra:
+        epochs = sum(len(run.history) for _, run in extra)
+        compute = sum(run.summary.get("wall_time_s") or 0 for _, run in extra)
+        text += (f"; extra final seeds: {len(extra)} ({plural(epochs, 'epoch')}"
+                 + (f", {format_duration(compute)} of run time" if compute else "")
+                 + ", side by side with the first seed's run, each on its own GPU where there are enough)")
+    return text
+
+
+def best_text(spec: StudySpec, best: FrozenTrial | None, objective: Objective,
+              revalidation: dict[str, Any] | None) -> str:
     if best is None:
-        best_text = "none yet: no trial has run the whole horizon"
-    else:
-        seed_note = " (the seed recipe)" if best.number == 0 else ""
-        best_text = (f"trial {best.number}{seed_note}: {objective.label.split(' (')[0]} {objective.fmt(best.value)} "
-                     f"at epoch {spec.asha.horizon}; {settings_text(best.params)}")
+        return "none yet: no trial has run the whole horizon"
+    seed_note = " (the seed recipe)" if best.number == 0 else ""
+    what = objective.label.split(" (")[0]
+    text = f"trial {best.number}{seed_note}: {what} {objective.fmt(best.value)} at epoch {spec.asha.horizon}"
+    if revalidation is not None:
+        mine = next(r for r in revalidation["trials"] if r["trial_id"] == best.number)
+        text += f", mean {objective.fmt(mine['mean_value'])} over {plural(len(mine['values']), 'run')}"
+        text += (f", chosen by re-validation over trial {revalidation['best_single']} (the best single value)"
+                 if revalidation["changed"] else ", still the best after re-validation")
+    return f"{text}; {settings_text(best.params)}"
+
+
+def header_html(spec: StudySpec, trials: Sequence[FrozenTrial], best: FrozenTrial | None, final: FinalRuns,
+                objective: Objective, db_present: bool, revalidation: dict[str, Any] | None = None) -> str:
+    counts = count_states(trials)
+    by_state = ", ".join(f"{n} {state}" for state, n in counts.items())
+    running = any(not t.state.is_finished() for t in trials)
+    wall = wall_time_s(trials)
+    wall_text = "n/a" if wall is None else format_duration(wall) + (" so far" if running else "")
     items = [
         ("trials", "trials", f"{len(trials)} of {spec.trials} planned: {by_state}" if db_present
          else "no trials yet (no optuna.db)"),
-        ("epochs", "epochs", epochs),
+        ("epochs", "epochs", budget_text(spec, trials, revalidation, final)),
         ("wall", "wall time", wall_text),
-        ("best", "best trial", best_text),
+        ("best", "best trial", best_text(spec, best, objective, revalidation)),
         ("final", "final run", final_text(final)),
     ]
     rows = "".join(f'<dt>{html.escape(label)}</dt><dd id="header-{key}">{html.escape(text)}</dd>'
@@ -451,13 +606,17 @@ def header_html(spec: StudySpec, trials: Sequence[FrozenTrial], best: FrozenTria
     return f'<header><h1>Study {html.escape(spec.name)}</h1><dl class="facts">{rows}</dl>{spec_html(spec)}</header>'
 
 
-def table_html(study: optuna.Study | None, spec: StudySpec, objective: Objective) -> str:
+def table_html(study: optuna.Study | None, spec: StudySpec, objective: Objective,
+               revalidation: dict[str, Any] | None = None) -> str:
     """All trials, one row each, as in trials.csv (read from optuna.db, so running trials too)."""
     if study is None or not study.trials:
         return missing("trials", "No trials yet.")
-    frame = trials_frame(study, spec)
+    frame = trials_frame(study, spec, revalidation)
     unit = "%" if objective.metric == "eval_acc" else "nats"
-    value_columns = {"value": f"value ({unit})", "best_value": f"best epoch ({unit})"}
+    value_columns = {"value": f"value ({unit})", "best_value": f"best epoch ({unit})", "mean_value": f"mean ({unit})"}
+    frame["revalidated_values"] = ["" if v is None or pd.isna(v) else ", ".join(
+        "n/a" if x is None or not math.isfinite(x) else f"{objective.scale * x:.2f}" for x in json.loads(v))
+        for v in frame["revalidated_values"]]
 
     def number(fmt: Callable[[float], str]) -> Callable[[Any], str]:
         return lambda v: "" if v is None or pd.isna(v) else fmt(v)
@@ -471,7 +630,7 @@ def table_html(study: optuna.Study | None, spec: StudySpec, objective: Objective
     for text in ("ray_trial_id", "reason"):  # pandas prints a column of None as "None" whatever na_rep says
         frame[text] = ["" if v is None or pd.isna(v) else str(v) for v in frame[text]]
     frame = frame.rename(columns={"trial_id": "trial", "time_s": "time (s)", "ray_trial_id": "Ray trial",
-                                  **value_columns})
+                                  "revalidated_values": f"re-runs ({unit})", **value_columns})
     table = frame.to_html(index=False, table_id="trials", border=0, na_rep="", classes="sortable",
                           formatters=formatters)
     return f'<div class="wide">{table}</div>'
@@ -522,11 +681,49 @@ def build_report(paths: StudyPaths) -> str:
     study = open_study(paths, spec)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number) if study is not None else []
     objective = Objective(spec.metric, spec.mode)
-    best = best_trial(study, spec.mode) if study is not None else None
+    revalidation = load_revalidation(paths)
+    best = chosen_trial(study, spec, revalidation) if study is not None else None
     final = load_final(paths)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     n_complete = len(complete)
-    parts = [header_html(spec, trials, best, final, objective, study is not None)]
+    parts = [header_html(spec, trials, best, final, objective, study is not None, revalidation)]
+
+    if final.runs:
+        first_seed, first = next(iter(final.runs.items()))
+        body = figure_html(final_figure(final, best), "final")
+        if first.history:
+            body += figure_html(final_run_figure(first_seed, first), "final-run")
+    else:
+        body = missing("final", "Final run not started.")
+    seeds = len(final.summary.get("seeds", final.runs)) or 1
+    parts.append(section(
+        "final", "Final run" + ("s" if seeds > 1 else ""), body,
+        f"The full recipe with the chosen trial's settings, trained on the whole training set and evaluated on the "
+        f"{final.eval_set} set after every epoch"
+        + (f", once per seed ({seeds} seeds): each run's {final.eval_set} accuracy, and their mean with a band of one "
+           f"sample standard deviation over the epochs every run has reached" if seeds > 1 else "")
+        + f". Below it, the first run's loss, accuracy and learning rate at the end of each epoch (each run's "
+          f"directory final/seed-&lt;s&gt;/ has its own curves.html). The {final.eval_set} set chose nothing: quote "
+          f"the last epoch."))
+
+    k = spec.selection.revalidate_top
+    if revalidation is not None:
+        body = figure_html(revalidation_figure(revalidation, objective), "revalidation") + (
+            f'<div class="wide">{revalidation_table(revalidation, objective)}</div>')
+    elif k == 0:
+        body = missing("revalidation", "Re-validation is off for this study (revalidate_top = 0): the best single "
+                                       "value of the search chose the final settings.")
+    elif n_complete == 0 or any(not t.state.is_finished() for t in trials) or len(trials) < spec.trials:
+        body = missing("revalidation", f"Re-validation of the top {k} trials runs when the search has ended.")
+    else:
+        body = missing("revalidation", f"Re-validation of the top {k} trials has not finished yet.")
+    parts.append(section(
+        "revalidation", "Re-validation of the top trials", body,
+        f"Two runs of the same settings differ by about as much as a study's best few trials, so the single best "
+        f"value is partly luck. The {k} best complete trials are trained again at the horizon with another seed "
+        f"(the same validation split; another initialisation, order and augmentation draw), and the trial with the "
+        f"best mean over its runs ({objective.better} is better) is the one the final run trains. optuna.db keeps "
+        f"the search's trials as they were."))
 
     fig = history_figure(trials, objective, spec.asha.horizon)
     parts.append(section(
@@ -576,21 +773,11 @@ def build_report(paths: StudyPaths) -> str:
         f"The {objective.label} of each complete trial against each setting, coloured by trial number (later "
         f"trials darker). {why_complete}"))
 
-    if final.history:
-        body = figure_html(final_figure(final, best), "final")
-    else:
-        body = missing("final", "Final run not started." if final.status is None
-                       else "The final run has not finished an epoch yet.")
-    parts.append(section(
-        "final", "Final run", body,
-        f"The full recipe with the best trial's settings, trained on the whole training set and evaluated on the "
-        f"{final.eval_set} set after every epoch: loss, accuracy and the learning rate at the end of each epoch. "
-        f"The {final.eval_set} set chose nothing: quote the last epoch."))
-
-    parts.append(f'<section id="table"><h2>All trials</h2>{table_html(study, spec, objective)}'
+    parts.append(f'<section id="table"><h2>All trials</h2>{table_html(study, spec, objective, revalidation)}'
                  f'<p class="note">Read from optuna.db; click a column header to sort by it. value: the '
                  f'{objective.label} at the trial\'s last epoch (the horizon for a complete trial, the epoch it was '
-                 f'stopped at for a pruned one); best epoch: its best epoch; time: its wall time.</p></section>')
+                 f'stopped at for a pruned one); best epoch: its best epoch; re-runs and mean: a re-validated trial\'s '
+                 f're-validation values and the mean over all its runs; time: its wall time.</p></section>')
 
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -1,8 +1,16 @@
-"""What a finished search leaves: trials.csv and best.json, read from the Optuna study."""
+"""What a study decides and leaves: trials.csv, revalidation.json, best.json and final/summary.json.
+
+The search's trials are Optuna's (optuna.db, never changed here). Re-validation trains the K best
+complete trials again at the horizon with another seed; the chosen trial is the one with the best
+mean over its runs (its search value and its re-runs). The final runs (one per seed) are summed up
+in final/summary.json: each seed's test accuracy, their mean and sample standard deviation.
+"""
 from __future__ import annotations
 
+import json
 import math
-from typing import Any
+import statistics
+from typing import Any, Sequence
 
 import optuna
 import pandas as pd
@@ -13,18 +21,24 @@ from search.study import SEARCHED, StudyPaths, StudySpec
 
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
-COLUMNS = ["trial_id", "state", "epochs", "value", "best_value", *SEARCHED, "time_s", "ray_trial_id", "reason"]
+COLUMNS = ["trial_id", "state", "epochs", "value", "best_value", "revalidated_values", "mean_value", *SEARCHED,
+           "time_s", "ray_trial_id", "reason"]
 
 
 def open_study(paths: StudyPaths, spec: StudySpec) -> optuna.Study:
     return optuna.load_study(study_name=spec.name, storage=optuna.storages.RDBStorage(paths.storage_url))
 
 
-def trials_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
-    """One row per trial: its settings, state, epochs run, last and best value, and time."""
+def trials_frame(study: optuna.Study, spec: StudySpec, revalidation: dict[str, Any] | None = None) -> pd.DataFrame:
+    """One row per trial: its settings, state, epochs run, last and best value, re-run values, and time.
+
+    revalidated_values (a JSON list) and mean_value are filled for the re-validated trials only.
+    """
     pick = max if spec.mode == "max" else min
+    revalidated = {r["trial_id"]: r for r in (revalidation or {}).get("trials", [])}
     rows = []
     for t in study.get_trials(deepcopy=False):
+        again = revalidated.get(t.number)
         values = [v for v in t.intermediate_values.values() if math.isfinite(v)]
         end = t.datetime_complete
         rows.append({
@@ -33,6 +47,8 @@ def trials_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
             "epochs": t.user_attrs.get("epochs", max(t.intermediate_values, default=0)),
             "value": t.value,
             "best_value": pick(values) if values else None,
+            "revalidated_values": json.dumps(again["values"][1:]) if again else None,
+            "mean_value": again["mean_value"] if again else None,
             **{name: t.params.get(name) for name in SEARCHED},
             "time_s": (end - t.datetime_start).total_seconds() if end and t.datetime_start else None,
             "ray_trial_id": t.user_attrs.get("ray_trial_id"),
@@ -41,23 +57,89 @@ def trials_frame(study: optuna.Study, spec: StudySpec) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def best_trial(study: optuna.Study, mode: str) -> FrozenTrial | None:
-    """The best trial among those that ran the whole horizon (COMPLETE); None if there is none."""
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return None
+def ranked(trials: Sequence[FrozenTrial], mode: str) -> list[FrozenTrial]:
+    """Complete trials, best value first; ties go to the earlier trial, so the seed recipe wins a tie."""
     sign = 1 if mode == "max" else -1
-    # Ties go to the earlier trial, so the seed recipe wins a tie.
-    return max(complete, key=lambda t: (sign * t.value, -t.number))
+    return sorted(trials, key=lambda t: (-sign * t.value, t.number))
 
 
-def best_record(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
+def top_trials(study: optuna.Study, mode: str, k: int) -> list[FrozenTrial]:
+    """The k best trials among those that ran the whole horizon (COMPLETE)."""
+    return ranked(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), mode)[:k]
+
+
+def best_trial(study: optuna.Study, mode: str) -> FrozenTrial | None:
+    """The best trial among those that ran the whole horizon (COMPLETE) by its value; None if there is none."""
+    top = top_trials(study, mode, 1)
+    return top[0] if top else None
+
+
+def mean_of(values: Sequence[float]) -> float:
+    """The mean of a trial's runs; not a number where one of them diverged (it then ranks last)."""
+    return statistics.fmean(values) if all(math.isfinite(v) for v in values) else float("nan")
+
+
+def revalidation_record(study: optuna.Study, spec: StudySpec, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """What re-validation found and chose, from the top trials and their re-runs.
+
+    `runs`: one record per re-run ({"trial_id", "seed", "status", "value", "epochs", "time_s", ...}).
+    A re-run's value counts where it ran the whole horizon; a diverged one counts as not a number
+    (the trial's mean then ranks last); a failed one (a crash, after its retries) says nothing of
+    the settings and is left out. Best mean wins; ties go to the trial ranked higher by the search.
+    """
+    top = top_trials(study, spec.mode, spec.selection.revalidate_top)
+    sign = 1 if spec.mode == "max" else -1
+    trials = []
+    for rank, t in enumerate(top):
+        again = [r["value"] for r in runs if r["trial_id"] == t.number and r["value"] is not None]
+        values = [float(t.value), *again]
+        trials.append({"trial_id": t.number, "value": t.value, "values": values, "mean_value": mean_of(values),
+                       "rank": rank})
+    chosen = min(trials, key=lambda r: (not math.isfinite(r["mean_value"]),
+                                        -sign * r["mean_value"] if math.isfinite(r["mean_value"]) else 0, r["rank"]))
+    starts = [r["ended"] - r["time_s"] for r in runs if r.get("ended") is not None]
+    return {
+        "top": spec.selection.revalidate_top,
+        "seed": spec.revalidation_seed(),
+        "horizon": spec.asha.horizon,
+        "metric": spec.metric,
+        "trials": trials,
+        "runs": runs,
+        "chosen": chosen["trial_id"],
+        "best_single": top[0].number,
+        "changed": chosen["trial_id"] != top[0].number,
+        "epochs": sum(int(r.get("epochs") or 0) for r in runs),
+        "wall_time_s": (max(r["ended"] for r in runs if r.get("ended") is not None) - min(starts)) if starts else None,
+    }
+
+
+def load_revalidation(paths: StudyPaths) -> dict[str, Any] | None:
+    """revalidation.json once re-validation has chosen; None before (while it runs the file holds ended re-runs)."""
+    if not paths.revalidation.is_file():
+        return None
+    record = json.loads(paths.revalidation.read_text())
+    return record if "chosen" in record else None
+
+
+def chosen_trial(study: optuna.Study, spec: StudySpec, revalidation: dict[str, Any] | None) -> FrozenTrial | None:
+    """The study's answer: the re-validation's choice where it ran, else the best complete trial."""
+    if revalidation is None:
+        return best_trial(study, spec.mode)
+    return study.trials[revalidation["chosen"]]
+
+
+def best_record(spec: StudySpec, trial: FrozenTrial, revalidation: dict[str, Any] | None = None) -> dict[str, Any]:
+    again = next((r for r in (revalidation or {}).get("trials", []) if r["trial_id"] == trial.number), None)
     return {
         "study": spec.name,
         "trial_id": trial.number,
         "ray_trial_id": trial.user_attrs.get("ray_trial_id"),
         "metric": spec.metric,
-        "value": trial.value,
+        "value": trial.value,  # the search's value at the horizon
+        "mean_value": again["mean_value"] if again else trial.value,  # what chose it: the mean over its runs
+        "values": again["values"] if again else [trial.value],  # every run's value, the search's first
+        "revalidated": again is not None,
+        "best_single_trial_id": revalidation["best_single"] if revalidation else trial.number,
         "epochs": trial.user_attrs.get("epochs", spec.asha.horizon),
         "params": {name: trial.params[name] for name in SEARCHED},
         "intermediate_values": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
@@ -65,12 +147,61 @@ def best_record(spec: StudySpec, trial: FrozenTrial) -> dict[str, Any]:
     }
 
 
-def write_results(paths: StudyPaths, spec: StudySpec, study: optuna.Study) -> dict[str, Any] | None:
+def write_trials(paths: StudyPaths, spec: StudySpec, study: optuna.Study,
+                 revalidation: dict[str, Any] | None = None) -> None:
+    write_text(paths.trials_csv, trials_frame(study, spec, revalidation).to_csv(index=False))
+
+
+def write_results(paths: StudyPaths, spec: StudySpec, study: optuna.Study,
+                  revalidation: dict[str, Any] | None = None) -> dict[str, Any] | None:
     """Write trials.csv and, if any trial ran the whole horizon, best.json; return the best record."""
-    write_text(paths.trials_csv, trials_frame(study, spec).to_csv(index=False))
-    trial = best_trial(study, spec.mode)
+    write_trials(paths, spec, study, revalidation)
+    trial = chosen_trial(study, spec, revalidation)
     if trial is None:
         return None
-    record = best_record(spec, trial)
+    record = best_record(spec, trial, revalidation)
     write_json(paths.best, record)
     return record
+
+
+def final_summary(paths: StudyPaths, seeds: Sequence[int]) -> dict[str, Any]:
+    """The final runs in one record: each seed's run, its last-epoch test accuracy, their mean and sample std.
+
+    status: "completed" when every run completed, else the first other status among them
+    ("diverged", "failed", "interrupted", or "not run" for a seed with no summary yet).
+    """
+    runs = []
+    for seed in seeds:
+        where = paths.final_run(seed) / "summary.json"
+        summary = json.loads(where.read_text()) if where.is_file() else {"status": "not run"}
+        runs.append({"seed": seed, "dir": paths.final_run(seed).name, "status": summary.get("status"),
+                     **{k: summary.get(k) for k in ("final_eval_acc", "best_eval_acc", "best_epoch", "epochs_run",
+                                                   "epochs", "eval_set", "wall_time_s")}})
+    accs = [r["final_eval_acc"] for r in runs
+            if r["status"] == "completed" and r["final_eval_acc"] is not None and math.isfinite(r["final_eval_acc"])]
+    status = next((r["status"] for r in runs if r["status"] != "completed"), "completed")
+    return {
+        "status": status,
+        "seeds": list(seeds),
+        "eval_set": next((r["eval_set"] for r in runs if r["eval_set"]), "test"),
+        "runs": runs,
+        "n": len(accs),
+        "mean_final_eval_acc": statistics.fmean(accs) if accs else None,
+        "std_final_eval_acc": statistics.stdev(accs) if len(accs) > 1 else None,  # sample std (n - 1)
+        "wall_time_s": max((r["wall_time_s"] or 0 for r in runs), default=0),  # side by side: the longest run
+        "epochs_run": sum(r["epochs_run"] or 0 for r in runs),
+    }
+
+
+def final_line(summary: dict[str, Any]) -> str:
+    """The study's last word: "final: 78.12 +- 0.21% test accuracy over 3 seeds" (one number for one seed)."""
+    mean, std, n = summary["mean_final_eval_acc"], summary["std_final_eval_acc"], summary["n"]
+    name = summary.get("eval_set") or "test"
+    if mean is None:
+        return f"final: no {name} accuracy ({summary['status']})"
+    seeds = len(summary["seeds"])
+    counted = "" if n == seeds else f" ({n} of {seeds} runs completed)"
+    if std is None:
+        return f"final: {100 * mean:.2f}% {name} accuracy" + (f" (seed {summary['runs'][0]['seed']})" if seeds == 1
+                                                              else counted)
+    return f"final: {100 * mean:.2f} +- {100 * std:.2f}% {name} accuracy over {n} seeds{counted}"

@@ -2,15 +2,17 @@
 
     python -m search.run --study default --trials 40 --gpus 4
 
-Results go to results/<study>/: optuna.db (the Optuna study, live), trials.csv, best.json,
-final/ (the final run, a recipe run directory) and report.html. Ray Tune's own experiment
-goes to results/<study>/tune/ (or under --storage). Ctrl-C or SIGTERM stops the study with
-its state saved; --resume continues it.
+Results go to results/<study>/: optuna.db (the Optuna study, live), trials.csv,
+revalidation.json (the top trials trained again), best.json, final/ (a recipe run directory per
+seed, seed-<s>/, and their summary.json) and report.html. Ray Tune's own experiments go to
+results/<study>/tune/, revalidate-tune/ and final-tune/ (or under --storage). Ctrl-C or SIGTERM
+stops the study with its state saved; --resume continues it.
 """
 from __future__ import annotations
 
 import argparse
 import atexit
+import csv
 import dataclasses
 import json
 import logging
@@ -29,10 +31,11 @@ from recipe.data import load_splits
 from search import lock
 from search import study as studies
 from search.plan import Plan, check_gpus, is_loopback, local_gpus
-from search.study import StudyPaths, StudySpec
+from search.study import FINISHED, StudyPaths, StudySpec
 
 DATA_FLAGS = ("data", "data_dir", "download")
 RESOURCE_FLAGS = ("gpus", "trials_per_gpu", "cpus_per_trial")
+SELECTION_FLAGS = ("revalidate_top", "final_seeds")
 INTERRUPTED = 130
 # Ray's switch for single-machine use: with it off, Ray takes 127.0.0.1 as the node's address
 # (ray._private.services.get_node_ip_address), so a local study listens on loopback only.
@@ -51,13 +54,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--address", help="join the running Ray cluster at this address (ray start --head prints it)")
     parser.add_argument("--storage", help="where Ray Tune keeps trials and checkpoints: a path every node sees, or a "
                                           "URI Ray accepts such as s3://bucket/prefix (default: the results dir)")
+    parser.add_argument("--revalidate-top", type=int, metavar="K",
+                        help="train the K best complete trials again with another seed and choose by the mean; "
+                             "0 chooses by the single best value (default: the study's)")
+    parser.add_argument("--final-seeds", type=int, metavar="N",
+                        help="final runs, one per seed, side by side (default: the study's, else min(3, GPUs), "
+                             "1 on CPU)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study where it stopped")
     parser.add_argument("--no-final", action="store_true", help="stop after the search: no final run")
     add_config_flags(parser, DATA_FLAGS, title="data (passed to every run of the study)")
     return parser.parse_args(argv)
 
 
-MINIMUMS = {"trials": 1, "gpus": 0, "trials_per_gpu": 1, "cpus_per_trial": 1}
+MINIMUMS = {"trials": 1, "gpus": 0, "trials_per_gpu": 1, "cpus_per_trial": 1, "revalidate_top": 0, "final_seeds": 1}
 
 
 def absolute_data_paths(settings: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +88,9 @@ def with_overrides(spec: StudySpec, args: argparse.Namespace) -> StudySpec:
         changes["trials"] = args.trials
     if resources:
         changes["resources"] = dataclasses.replace(spec.resources, **resources)
+    selection = {k: getattr(args, k) for k in SELECTION_FLAGS if getattr(args, k) is not None}
+    if selection:
+        changes["selection"] = dataclasses.replace(spec.selection, **selection)
     return spec.replace(**changes)
 
 
@@ -91,15 +103,16 @@ STATES = {
 
 
 def study_state(paths: StudyPaths) -> str:
-    """'new', 'interrupted' (in its search), 'no_best', 'searched' (no final run yet) or 'finished'."""
+    """'new', 'interrupted' (in its search or re-validation), 'no_best', 'searched' (final runs to do) or 'finished'."""
     if not paths.spec.exists():
         return "new"
     if not paths.trials_csv.exists():  # written when the search ends
         return "interrupted"
-    if not paths.best.exists():
-        return "no_best"
-    summary = paths.final / "summary.json"
-    ended = summary.exists() and json.loads(summary.read_text()).get("status") in ("completed", "diverged")
+    if not paths.best.exists():  # written once re-validation has chosen: none before, or no complete trial
+        with open(paths.trials_csv, newline="") as f:
+            return "interrupted" if any(row["state"] == "complete" for row in csv.DictReader(f)) else "no_best"
+    summary = paths.final / "summary.json"  # written when every final run has ended
+    ended = summary.exists() and json.loads(summary.read_text()).get("status") in FINISHED
     return "finished" if ended else "searched"
 
 
@@ -137,7 +150,7 @@ def plan(args: argparse.Namespace) -> Plan:
             raise RecipeError(f"{paths.root}: study {spec.name!r} {what}, or remove the directory to start over")
     if resume:
         # Tune restores trials, their resources and its concurrency limit as they were.
-        changed = [f for f in ("trials", *RESOURCE_FLAGS, *DATA_FLAGS) if getattr(args, f) is not None]
+        changed = [f for f in ("trials", *RESOURCE_FLAGS, *SELECTION_FLAGS, *DATA_FLAGS) if getattr(args, f) is not None]
         if changed:
             raise RecipeError(f"--{changed[0].replace('_', '-')}: a resumed study keeps the settings it started with "
                               f"({paths.spec}); resume without it")

@@ -30,9 +30,20 @@ optional except the search space:
     cpus_per_trial = 2
     max_failures = 2              # retries of a crashed trial from its last checkpoint
 
+    [selection]                   # how the search's answer is chosen
+    revalidate_top = 3            # train the K best complete trials again at the horizon with
+                                  # another seed; the best mean over the runs wins (0: the best
+                                  # single value wins, as Optuna reports it)
+
     [recipe]                      # recipe settings for every run of the study
     [trial]                       # recipe settings for the trials only (val_size > 0)
-    [final]                       # recipe settings for the final run only
+    [final]                       # recipe settings for the final run only, and
+    seeds = 3                     # final runs, one per seed, side by side on their own GPUs
+                                  # (omitted: min(3, GPUs) on GPUs, 1 on CPU)
+
+Every run of a study (trials, re-validation runs, final runs) scores on the same images: the
+validation split and the test subset are drawn with the study's seed (split_seed); a re-run
+or an extra final run changes only the seed of initialisation, order and augmentation.
 """
 from __future__ import annotations
 
@@ -47,6 +58,7 @@ from typing import Any
 from recipe.config import SEARCHED, RecipeConfig, RecipeError
 METRICS = {"eval_acc": "max", "eval_loss": "min"}
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
+FINISHED = ("completed", "diverged")  # final runs that ended for good; any other status is run again on --resume
 
 
 class SpecError(RecipeError):
@@ -83,6 +95,22 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class Selection:
+    revalidate_top: int = 3
+    final_seeds: int | None = None  # [final] seeds in a study file; None: min(3, GPUs), 1 on CPU
+
+    def seeds_for(self, gpus: int) -> int:
+        """Final runs to train: as many as run side by side without delaying the study (one a GPU), up to 3."""
+        if self.final_seeds is not None:
+            return self.final_seeds
+        return min(3, gpus) if gpus else 1
+
+
+# What a study saved before [selection] existed ran neither re-validation nor several final seeds.
+SELECTION_BEFORE = {"revalidate_top": 0, "final_seeds": 1}
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     space: dict[str, Param]
@@ -92,6 +120,7 @@ class StudySpec:
     sampler: Sampler = field(default_factory=Sampler)
     asha: Asha = field(default_factory=Asha)
     resources: Resources = field(default_factory=Resources)
+    selection: Selection = field(default_factory=Selection)
     recipe: dict[str, Any] = field(default_factory=dict)
     trial: dict[str, Any] = field(default_factory=dict)
     final: dict[str, Any] = field(default_factory=dict)
@@ -105,15 +134,28 @@ class StudySpec:
         base = RecipeConfig.from_dict(self.recipe)
         return {name: getattr(base, name) for name in SEARCHED}
 
-    def trial_config(self, params: dict[str, float]) -> RecipeConfig:
-        """A trial's recipe: the study's settings, the sampled ones, the horizon as its length."""
-        return RecipeConfig.from_dict(
-            {"seed": self.seed, **self.recipe, **self.trial, **params, "epochs": self.asha.horizon}
-        )
+    def trial_config(self, params: dict[str, float], seed: int | None = None) -> RecipeConfig:
+        """A trial's recipe: the study's settings, the sampled ones, the horizon as its length.
 
-    def final_config(self, params: dict[str, float]) -> RecipeConfig:
+        `seed` (a re-validation run's) changes initialisation, order and augmentation, never the split.
+        """
+        return RecipeConfig.from_dict({"seed": self.seed, **self.recipe, **self.trial, **params,
+                                       "epochs": self.asha.horizon, **self._seeds(seed)})
+
+    def final_config(self, params: dict[str, float], seed: int | None = None) -> RecipeConfig:
         """The final run's recipe: the whole training set, evaluated on the test set."""
-        return RecipeConfig.from_dict({"seed": self.seed, **self.recipe, **self.final, **params})
+        return RecipeConfig.from_dict({"seed": self.seed, **self.recipe, **self.final, **params, **self._seeds(seed)})
+
+    def _seeds(self, seed: int | None) -> dict[str, int]:
+        return {"seed": self.seed if seed is None else seed, "split_seed": self.seed}
+
+    def final_seeds(self, gpus: int) -> list[int]:
+        """The seeds of the final runs: the study's seed, then the next ones."""
+        return [self.seed + i for i in range(self.selection.seeds_for(gpus))]
+
+    def revalidation_seed(self) -> int:
+        """The seed of every re-validation run: one seed for all, so that the re-runs differ only in their settings."""
+        return self.seed + 1
 
     def rungs(self) -> list[int]:
         """The epochs at which ASHA compares trials (before the horizon)."""
@@ -138,6 +180,7 @@ class StudySpec:
                 name=d["name"], seed=d["seed"], trials=d["trials"], metric=d["metric"],
                 space={k: Param(**v) for k, v in d["space"].items()},
                 sampler=Sampler(**d["sampler"]), asha=Asha(**d["asha"]), resources=Resources(**d["resources"]),
+                selection=Selection(**d.get("selection", SELECTION_BEFORE)),
                 recipe=d["recipe"], trial=d["trial"], final=d["final"],
             )
         except (KeyError, TypeError) as e:
@@ -157,11 +200,11 @@ def _typed(where: str, key: str, value: Any, kind: type, minimum: float | None =
     return value
 
 
-def _table(where: str, name: str, data: dict[str, Any], cls: type) -> Any:
+def _table(where: str, name: str, data: dict[str, Any], cls: type, exclude: tuple[str, ...] = ()) -> Any:
     """A dataclass from a TOML table, with unknown keys and wrong types as errors."""
     if not isinstance(data, dict):
         raise SpecError(f"{where}: [{name}] must be a table")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in exclude}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise SpecError(f"{where}: [{name}] has unknown key {unknown[0]!r} (known: {', '.join(fields)})")
@@ -191,11 +234,14 @@ def validate(spec: StudySpec, where: str) -> None:
                             ("sampler.n_startup_trials", spec.sampler.n_startup_trials, 0),
                             ("resources.trials_per_gpu", spec.resources.trials_per_gpu, 1),
                             ("resources.cpus_per_trial", spec.resources.cpus_per_trial, 1),
-                            ("resources.max_failures", spec.resources.max_failures, 0)):
+                            ("resources.max_failures", spec.resources.max_failures, 0),
+                            ("selection.revalidate_top", spec.selection.revalidate_top, 0)):
         if value < low:
             raise SpecError(f"{where}: {key} must be >= {low}, got {value!r}")
     if spec.resources.gpus is not None and spec.resources.gpus < 0:
         raise SpecError(f"{where}: resources.gpus must be >= 0, got {spec.resources.gpus!r}")
+    if spec.selection.final_seeds is not None and spec.selection.final_seeds < 1:
+        raise SpecError(f"{where}: final.seeds must be >= 1, got {spec.selection.final_seeds!r}")
     if spec.asha.grace_period > spec.asha.horizon:
         raise SpecError(f"{where}: asha.grace_period ({spec.asha.grace_period}) must not exceed "
                         f"asha.horizon ({spec.asha.horizon})")
@@ -241,7 +287,8 @@ def load(study: str) -> StudySpec:
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML ({e})") from None
     where = str(path)
-    allowed = {"name", "seed", "trials", "objective", "space", "sampler", "asha", "resources", "recipe", "trial", "final"}
+    allowed = {"name", "seed", "trials", "objective", "space", "sampler", "asha", "resources", "selection", "recipe",
+               "trial", "final"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise SpecError(f"{where}: unknown key {unknown[0]!r} (known: {', '.join(sorted(allowed))})")
@@ -258,6 +305,10 @@ def load(study: str) -> StudySpec:
     for name in ("recipe", "trial", "final"):
         if not isinstance(data.get(name, {}), dict):
             raise SpecError(f"{where}: [{name}] must be a table of recipe settings")
+    final = dict(data.get("final", {}))
+    selection = _table(where, "selection", data.get("selection", {}), Selection, exclude=("final_seeds",))
+    if "seeds" in final:  # the number of final runs: a key of [final] beside its recipe settings
+        selection = dataclasses.replace(selection, final_seeds=_typed(where, "final.seeds", final.pop("seeds"), int, 1))
     spec = StudySpec(
         name=_typed(where, "name", data.get("name", path.stem), str),
         space=space,
@@ -267,9 +318,10 @@ def load(study: str) -> StudySpec:
         sampler=_table(where, "sampler", data.get("sampler", {}), Sampler),
         asha=_table(where, "asha", data.get("asha", {}), Asha),
         resources=_table(where, "resources", data.get("resources", {}), Resources),
+        selection=selection,
         recipe=data.get("recipe", {}),
         trial=data.get("trial", {}),
-        final=data.get("final", {}),
+        final=final,
     )
     validate(spec, where)
     return spec
@@ -306,8 +358,15 @@ class StudyPaths:
         return self.root / "trials.csv"
 
     @property
-    def final(self) -> Path:  # a recipe run directory
+    def final(self) -> Path:  # the final runs (seed-<s>/) and their aggregate (summary.json)
         return self.root / "final"
+
+    @property
+    def revalidation(self) -> Path:  # the re-validation runs of the top trials and the choice they made
+        return self.root / "revalidation.json"
+
+    def final_run(self, seed: int) -> Path:  # one final run: a recipe run directory
+        return self.final / f"seed-{seed}"
 
     @property
     def report(self) -> Path:

@@ -35,12 +35,18 @@ RUN_DIR = "run"  # a trial's run directory, inside its Tune working directory
 DISK_FULL = "disk_full"  # the status of a trial's last result when it could not write for want of space
 
 
-def run_recipe(params: dict[str, float], *, base: dict[str, Any], threads: int, out_dir: str | None = None,
-               final: bool = False) -> None:
-    """Train `base` with the sampled `params`, reporting each epoch's metrics and checkpoint."""
+def run_recipe(params: dict[str, Any], *, base: dict[str, Any], threads: int, out_dir: str | None = None,
+               final: bool = False, settings: dict[int, dict[str, float]] | None = None) -> None:
+    """Train `base` with the sampled `params`, reporting each epoch's metrics and checkpoint.
+
+    A re-validation run's params are {"trial_id": n, "seed": s}: trial n's settings (from `settings`) with
+    seed s. A final run's may hold a seed; with `out_dir` its run directory is out_dir/seed-<seed>.
+    """
     torch.set_num_threads(threads)
+    if settings is not None:
+        params = {**settings[int(params["trial_id"])], "seed": params["seed"]}
     config = RecipeConfig.from_dict({**base, **params})
-    run_dir = Path(out_dir) if out_dir else Path.cwd() / RUN_DIR
+    run_dir = Path(out_dir) / f"seed-{config.seed}" if out_dir else Path.cwd() / RUN_DIR
     last = run_dir / "checkpoints" / CHECKPOINT_FILE
     checkpoint = tune.get_checkpoint()
     source, missing = str(last), ""

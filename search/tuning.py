@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import shutil
 import sys
@@ -23,13 +22,14 @@ from ray.tune.schedulers import ASHAScheduler
 
 from recipe.checkpoint import write_json
 from recipe.config import RecipeError
-from search.live import FinalView, LiveView, settings
+from search.live import FinalView, LiveView, RevalidationView, settings
 from search.plan import Plan, check_gpus, local_gpus
-from search.results import open_study, write_results
-from search.searcher import FailureReasons, StudySearcher, fail_running
+from search.results import (final_line, final_summary, load_revalidation, open_study, revalidation_record,
+                            top_trials, write_results, write_trials)
+from search.searcher import FailureReasons, StudySearcher, fail_running, reason_of
 from search.storage import whole_files
 from search.study import SEARCHED, StudySpec
-from search.trainable import RUN_DIR, run_recipe
+from search.trainable import DISK_FULL, RUN_DIR, run_recipe
 
 
 class DropEndedCheckpoints(tune.Callback):
@@ -276,6 +276,11 @@ def settle_ended_trials(experiment: str, study: optuna.Study) -> list[str]:
     checkpoint until its retries ran out. Optuna's record (written as the trial ends) says it ended.
     """
     ended = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    return settle_trials(experiment, ended)
+
+
+def settle_trials(experiment: str, ended: set[str]) -> list[str]:
+    """Mark TERMINATED, in Tune's newest saved state, the trials with these Tune ids; returns those it changed."""
     fs, newest, state = newest_saved_state(experiment)
     if not ended:
         return []
@@ -386,8 +391,137 @@ def search(p: Plan, gpus: int) -> None:
         raise KeyboardInterrupt  # Tune stopped early on a signal, with its state saved
 
 
-def final_run(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
-    """The full recipe with the best settings, under Tune for its crash retries."""
+def restore_or_new(experiment: str, p: Plan, trainable: Any, errored: bool, new: Callable[[], tune.Tuner]) -> tune.Tuner:
+    """A later phase of a study (re-validation, final runs) as Tune left it, or a new one."""
+    if tune.Tuner.can_restore(experiment):
+        mark_lost_checkpoints(experiment, errored=errored)
+        return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=errored,
+                                  storage_filesystem=storage_filesystem(p.storage))
+    return new()
+
+
+def run_config(p: Plan, name: str, callbacks: list, sync_artifacts: bool = False) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name,
+        storage_path=p.storage,
+        storage_filesystem=storage_filesystem(p.storage),
+        failure_config=tune.FailureConfig(max_failures=p.spec.resources.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        sync_config=tune.SyncConfig(sync_artifacts=sync_artifacts),
+        callbacks=callbacks,
+        verbose=0,
+    )
+
+
+def rerun_record(config: dict[str, Any], metrics: dict[str, Any] | None, error: BaseException | None,
+                 spec: StudySpec) -> dict[str, Any]:
+    """One re-validation run as revalidation.json keeps it: its trial, seed, status, value, epochs and time."""
+    m = metrics or {}
+    epochs = int(m.get("epoch") or 0)
+    value, reason = None, None
+    if error is not None:
+        status, reason = "failed", reason_of(error, spec.resources.max_failures + 1)
+    elif m.get("status") == DISK_FULL:
+        status, reason = "failed", m.get("reason")
+    elif m.get("status") == "diverged":
+        status, value, reason = "diverged", float("nan"), f"the training loss was not finite in epoch {epochs}"
+    elif epochs >= spec.asha.horizon:
+        status, value = "completed", float(m[spec.metric])
+    else:
+        status, reason = "failed", f"ended at epoch {epochs} of {spec.asha.horizon}"
+    return {"trial_id": int(config["trial_id"]), "seed": int(config["seed"]), "status": status, "value": value,
+            "epochs": epochs, "time_s": m.get("time_total_s"), "ended": m.get("timestamp"), "reason": reason,
+            "ray_trial_id": m.get("trial_id")}
+
+
+class RerunLog(tune.Callback):
+    """Adds each re-validation run to revalidation.json as it ends, before the study has chosen.
+
+    Tune saves its experiment state only every few seconds: a driver killed after a re-run ended but
+    before the next save would have Tune run it again from epoch 0 (its checkpoint dropped at its end).
+    This record, written as each re-run ends, is what a resumed study takes as ended (settle_trials).
+    """
+
+    def __init__(self, path: str, spec: StudySpec) -> None:
+        self.path, self.spec = path, spec
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._add(trial, None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._add(trial, trial.get_error())
+
+    def _add(self, trial: Any, error: BaseException | None) -> None:
+        record = rerun_record(trial.config, trial.last_result, error, self.spec) | {"ray_trial_id": trial.trial_id}
+        runs = [r for r in logged_reruns(self.path) if r["ray_trial_id"] != trial.trial_id]
+        write_json(self.path, {"runs": [*runs, record]})
+
+
+def logged_reruns(path: str) -> list[dict[str, Any]]:
+    """The re-validation runs revalidation.json holds (ended ones, while re-validation runs; all of them after)."""
+    try:
+        with open(path) as f:
+            return json.load(f)["runs"]
+    except FileNotFoundError:
+        return []
+
+
+def revalidate(p: Plan, gpus: int, study: optuna.Study) -> dict[str, Any] | None:
+    """Train the study's top complete trials again at the horizon with another seed, side by side; record the choice.
+
+    Each re-run is a Tune trial of its own (with the search's resources, retries and checkpoints), in
+    <storage>/revalidate-tune, so an interrupted re-validation resumes like the search: ended re-runs
+    are not run again. Returns revalidation.json's record, or None where there is nothing to re-validate.
+    """
+    spec, paths = p.spec, p.paths
+    if spec.selection.revalidate_top == 0:
+        return None
+    done = load_revalidation(paths)
+    if done is not None:
+        return done
+    top = top_trials(study, spec.mode, spec.selection.revalidate_top)
+    if not top:
+        return None
+    seed = spec.revalidation_seed()
+    trainable = tune.with_resources(
+        tune.with_parameters(run_recipe, base=base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus),
+                             threads=spec.resources.cpus_per_trial,
+                             settings={t.number: {k: t.params[k] for k in SEARCHED} for t in top}),
+        resources(spec, gpus),
+    )
+    print(f"re-validation: the {len(top)} best complete trial{'s' * (len(top) != 1)} ("
+          f"{', '.join(str(t.number) for t in top)}) again for {spec.asha.horizon} epochs with seed {seed}; "
+          f"the best mean wins")
+    experiment, log = f"{p.storage}/revalidate-tune", str(paths.revalidation)
+    if tune.Tuner.can_restore(experiment):
+        settle_trials(experiment, {r["ray_trial_id"] for r in logged_reruns(log)})
+    tuner = restore_or_new(experiment, p, trainable, errored=False, new=lambda: tune.Tuner(
+        trainable,
+        param_space={"trial_id": tune.grid_search([t.number for t in top]), "seed": seed},
+        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency(spec, gpus), reuse_actors=True),
+        run_config=run_config(p, "revalidate-tune", [
+            RerunLog(log, spec), RevalidationView({t.number: t.value for t in top}, spec.metric, spec.asha.horizon),
+            DropEndedCheckpoints(errored=True)]),
+    ))
+    results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(top):
+        raise KeyboardInterrupt  # stopped on a signal, its state saved
+    runs = {r["ray_trial_id"]: r for r in logged_reruns(log)}
+    for r in results:  # every one is logged as it ends; Tune's record is the fallback
+        trial_id = (r.metrics or {}).get("trial_id")
+        if trial_id not in runs:
+            runs[trial_id] = rerun_record(r.config, r.metrics, r.error, spec)
+    order = [t.number for t in top]
+    record = revalidation_record(study, spec, sorted(runs.values(), key=lambda r: order.index(r["trial_id"])))
+    write_json(paths.revalidation, record)
+    return record
+
+
+def final_runs(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
+    """The full recipe with the chosen settings, once per seed, side by side (a GPU each), under Tune for its retries.
+
+    Each run's directory is final/seed-<s>/; final/summary.json sums them up (results.final_summary).
+    """
     spec, paths = p.spec, p.paths
     local = p.address is None
     config = best["final_config"]
@@ -397,40 +531,54 @@ def final_run(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
         resources(spec, gpus, final=True),
     )
     experiment = f"{p.storage}/final-tune"
-    if tune.Tuner.can_restore(experiment):
-        mark_lost_checkpoints(experiment, errored=True)
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True,
-                                   storage_filesystem=storage_filesystem(p.storage))
-    else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=dict(best["params"]),
-            tune_config=tune.TuneConfig(num_samples=1),
-            run_config=tune.RunConfig(
-                name="final-tune",
-                storage_path=p.storage,
-                storage_filesystem=storage_filesystem(p.storage),
-                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                # On a cluster the run may land on another node: its files travel with Tune's sync.
-                sync_config=tune.SyncConfig(sync_artifacts=not local),
-                callbacks=[FinalView(config["epochs"]), DropEndedCheckpoints(errored=False)],
-                verbose=0,
-            ),
-        )
-    print(f"final run: {config['epochs']} epochs with {settings(best['params'])} -> {paths.final}")
+    seeds = saved_seeds(experiment) or spec.final_seeds(gpus)
+    tuner = restore_or_new(experiment, p, trainable, errored=True, new=lambda: tune.Tuner(
+        trainable,
+        param_space={**best["params"], "seed": tune.grid_search(seeds)},
+        tune_config=tune.TuneConfig(num_samples=1),
+        # On a cluster a run may land on another node: its files travel with Tune's sync.
+        run_config=run_config(p, "final-tune", [FinalView(config["epochs"], len(seeds) > 1),
+                                                DropEndedCheckpoints(errored=False)], sync_artifacts=not local),
+    ))
+    where = paths.final_run(seeds[0]) if len(seeds) == 1 else f"{paths.final}/seed-{{{','.join(map(str, seeds))}}}"
+    print(f"final run{'s' * (len(seeds) > 1)}: {config['epochs']} epochs with {settings(best['params'])}"
+          f"{f', seeds {seeds[0]} to {seeds[-1]}, side by side' if len(seeds) > 1 else ''} -> {where}")
     results = tuner.fit()
-    if results.num_terminated + results.num_errors == 0:
+    if results.num_terminated + results.num_errors < len(seeds):
         raise KeyboardInterrupt  # stopped on a signal, its state saved
-    result = results[0]
-    if result.error is not None:
-        raise FinalRunFailed(f"the final run failed after {spec.resources.max_failures + 1} attempts: "
-                             f"{str(result.error).strip().splitlines()[-1]}")
+    errors = [r for r in results if r.error is not None]
     if not local:
-        if paths.final.exists():
-            shutil.rmtree(paths.final)
-        pyarrow.fs.copy_files(f"{result.path}/{RUN_DIR}", str(paths.final), source_filesystem=result.filesystem)
-    return json.loads((paths.final / "summary.json").read_text())
+        for r in results:
+            if r.error is None:
+                target = paths.final_run(int(r.config["seed"]))
+                if target.exists():
+                    shutil.rmtree(target)
+                pyarrow.fs.copy_files(f"{r.path}/{RUN_DIR}", str(target), source_filesystem=r.filesystem)
+    summary = final_summary(paths, seeds)
+    write_json(paths.final / "summary.json", summary)
+    if errors:
+        e = errors[0]
+        raise FinalRunFailed(f"the final run with seed {e.config['seed']} failed after "
+                             f"{spec.resources.max_failures + 1} attempts: {str(e.error).strip().splitlines()[-1]}")
+    return summary
+
+
+def saved_seeds(experiment: str) -> list[int] | None:
+    """The seeds of a final-runs experiment Tune saved (a resumed study keeps them, whatever GPUs it has now)."""
+    if not tune.Tuner.can_restore(experiment):
+        return None
+    trials = [json.loads(entry[0]) for entry in newest_saved_state(experiment)[2]["trial_data"]]
+    return sorted(int(t["config"]["seed"]) for t in trials) or None
+
+
+def revalidation_line(record: dict[str, Any], spec: StudySpec) -> str:
+    """What re-validation decided, in one line."""
+    chosen, single = record["chosen"], record["best_single"]
+    if not record["changed"]:
+        return f"re-validation: trial {chosen} stays the best, by its mean over {len(record['trials'][0]['values'])} runs"
+    means = {r["trial_id"]: r["mean_value"] for r in record["trials"]}
+    return (f"re-validation: trial {chosen} (mean {spec.metric} {means[chosen]:.4f}) replaces trial {single} "
+            f"(mean {means[single]:.4f}), the best single value of the search")
 
 
 def write_report(p: Plan) -> None:
@@ -455,27 +603,30 @@ def run(p: Plan, on_ray_started: Callable[[], None] = lambda: None) -> int:
         search(p, gpus)
         study = open_study(paths, spec)
         fail_running(study, "the search ended without a result for this trial")
-        best = write_results(paths, spec, study)
+        write_trials(paths, spec, study)  # the search's record, before re-validation: the study is "searched"
+        revalidation = revalidate(p, gpus, study)
+        best = write_results(paths, spec, study, revalidation)
         print(f"trials: {paths.trials_csv}")
         if best is None:
             print("no trial ran the whole horizon (all stopped or failed): no best trial, no final run", file=sys.stderr)
             write_report(p)
             return 1
-        print(f"best: trial {best['trial_id']}, {spec.metric} {best['value']:.4f}, {settings(best['params'])} "
+        if revalidation is not None:
+            print(revalidation_line(revalidation, spec))
+        mean = f" (mean {best['mean_value']:.4f} over {len(best['values'])} runs)" if best["revalidated"] else ""
+        print(f"best: trial {best['trial_id']}, {spec.metric} {best['value']:.4f}{mean}, {settings(best['params'])} "
               f"-> {paths.best}")
         write_report(p)
         if not p.final:
             return 0
         try:
-            summary = final_run(p, gpus, best)
+            summary = final_runs(p, gpus, best)
         except FinalRunFailed as e:
             print(f"error: {e}; --resume tries again", file=sys.stderr)
             write_report(p)
             return 1
         write_report(p)
-        acc = summary.get("final_eval_acc")
-        print(f"final run {summary['status']}: test accuracy {100 * acc:.2f}% after {summary['epochs_run']} epochs"
-              if acc is not None and math.isfinite(acc) else f"final run {summary['status']}")
+        print(final_line(summary))
         return 0 if summary["status"] == "completed" else 1
     finally:
         ray.shutdown()

@@ -245,7 +245,8 @@ def run_study(args: list[str], *, isolated: bool = False, timeout: float = 900, 
 
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory):
-    """The smoke study, run once as the README runs it, in an isolated network where possible.
+    """The smoke study, run once as the README runs it, in an isolated network where possible, with two final seeds
+    (--final-seeds 2; the tiny study of test_search_faults runs the default, one on CPU).
 
     While it runs, once a trial has finished and others run, `python -m search.report` is run
     on it as a user would, and that report is kept as run.report_while_running.
@@ -264,7 +265,8 @@ def smoke_study(tmp_path_factory):
         if (root / "report.html").exists():
             shutil.copyfile(root / "report.html", kept)
 
-    run = run_study(["--study", "smoke", "--results-dir", str(results)], isolated=isolated_network_available(),
+    run = run_study(["--study", "smoke", "--results-dir", str(results), "--final-seeds", "2"],
+                    isolated=isolated_network_available(),
                     watch=report_midway)
     run.results, run.root = results, root
     run.report_midway = state.get("report")

@@ -1,13 +1,15 @@
 """Fake study directories for the report's tests, built with the Optuna API the search uses.
 
 make_study() writes what results/<study>/ holds at some point of a study's life: spec.json
-and optuna.db always; trials.csv and best.json once the search has ended; final/ as far as
-the final run got. The trials are given as FakeTrial rows: a state, a validation curve (one
-value per epoch) and, optionally, the settings.
+and optuna.db always; trials.csv and best.json once the search has ended; revalidation.json
+where asked; final/seed-<s>/ (and final/summary.json once they ended) as far as the final runs
+got. The trials are given as FakeTrial rows: a state, a validation curve (one value per epoch)
+and, optionally, the settings.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -22,6 +24,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from search import results
 from search import study as study_mod
 from search.study import SEARCHED, StudyPaths, StudySpec
 
@@ -66,8 +69,13 @@ def trial_times(number: int, epochs: int) -> tuple[datetime, datetime]:
 
 
 def make_study(results_dir: Path, name: str, trials: Sequence[FakeTrial], *, finished: bool,
-               final: str | None, metric: str = "eval_acc", planned: int | None = None) -> StudyPaths:
-    """A results/<name>/ directory; final is None (no final run), 'running' (2 of 4 epochs) or 'completed'."""
+               final: str | None, metric: str = "eval_acc", planned: int | None = None, seeds: int = 1,
+               revalidated: dict[int, float] | None = None) -> StudyPaths:
+    """A results/<name>/ directory; final is None (no final run), 'running' (2 of 4 epochs) or 'completed'.
+
+    seeds: final runs (final/seed-<s>/, their accuracy 1 point apart). revalidated: {trial: its re-run's value}
+    for the top trials, which writes revalidation.json and makes best.json the trial it chooses.
+    """
     spec = spec_for(name, planned or len(trials), metric)
     paths = StudyPaths(Path(results_dir) / name)
     paths.root.mkdir(parents=True)
@@ -106,9 +114,29 @@ def make_study(results_dir: Path, name: str, trials: Sequence[FakeTrial], *, fin
             "value": best["value"], "metric": spec.metric, "epochs": best["epochs"],
             "final_config": spec.final_config(params).to_dict(),
         }, indent=2))
+    if revalidated is not None:
+        write_revalidation(paths, study, spec, revalidated)
     if final is not None:
-        write_final(paths.final, epochs=4, run=2 if final == "running" else 4, status=final)
+        for i, seed in enumerate(range(spec.seed, spec.seed + seeds)):
+            write_final(paths.final_run(seed), epochs=4, run=2 if final == "running" else 4, status=final, shift=0.01 * i)
+        if final != "running":
+            summary = results.final_summary(paths, list(range(spec.seed, spec.seed + seeds)))
+            (paths.final / "summary.json").write_text(json.dumps(summary))
     return paths
+
+
+def write_revalidation(paths: StudyPaths, study: optuna.Study, spec: StudySpec, reruns: dict[int, float]) -> None:
+    """revalidation.json as the driver writes it: `reruns` maps each top trial to its re-run's value."""
+    spec = spec.replace(selection=dataclasses.replace(spec.selection, revalidate_top=len(reruns)))
+    runs = [{"trial_id": n, "seed": spec.revalidation_seed(), "status": "completed", "value": v, "epochs": 4,
+             "time_s": 120.0, "ended": 1_700_000_000 + 60 * i, "reason": None, "ray_trial_id": f"r{n}"}
+            for i, (n, v) in enumerate(reruns.items())]
+    record = results.revalidation_record(study, spec, runs)
+    paths.revalidation.write_text(json.dumps(record))
+    best = json.loads(paths.best.read_text())
+    chosen = study.trials[record["chosen"]]
+    best.update(results.best_record(spec, chosen, record))
+    paths.best.write_text(json.dumps(best))
 
 
 def write_trials_csv(path: Path, rows: list[dict], spec: StudySpec) -> None:
@@ -117,7 +145,8 @@ def write_trials_csv(path: Path, rows: list[dict], spec: StudySpec) -> None:
         if row["state"] == "complete":
             best = row["value"] if best is None else better(best, row["value"])
         row["best_value"] = best
-    columns = ["trial_id", "state", "epochs", "value", "best_value", *SEARCHED, "time_s", "ray_trial_id", "reason"]
+    columns = ["trial_id", "state", "epochs", "value", "best_value", "revalidated_values", "mean_value", *SEARCHED,
+               "time_s", "ray_trial_id", "reason"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
@@ -127,11 +156,11 @@ def write_trials_csv(path: Path, rows: list[dict], spec: StudySpec) -> None:
 FINAL_TEST_ACC = [0.21, 0.34, 0.47, 0.45]  # the final run's test accuracy per epoch: best at epoch 3
 
 
-def write_final(run_dir: Path, epochs: int, run: int, status: str) -> None:
+def write_final(run_dir: Path, epochs: int, run: int, status: str, shift: float = 0.0) -> None:
     """A recipe run directory (metrics.csv, summary.json) that has run `run` of `epochs` epochs."""
     run_dir.mkdir(parents=True)
     history = [{"epoch": e, "lr": 0.1 * (1 - e / (epochs + 1)), "train_loss": 4.0 - 0.5 * e, "train_acc": 0.1 * e,
-                "eval_loss": 3.9 - 0.4 * e, "eval_acc": FINAL_TEST_ACC[e - 1], "epoch_time_s": 2.0,
+                "eval_loss": 3.9 - 0.4 * e, "eval_acc": round(FINAL_TEST_ACC[e - 1] + shift, 4), "epoch_time_s": 2.0,
                 "images_per_s": 750.0} for e in range(1, run + 1)]
     with (run_dir / "metrics.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(history[0]))

@@ -489,9 +489,17 @@ def test_search_with_a_missing_npz_fails_before_any_trial(work, no_ray, capsys):
     assert_usage_error(result, str(missing), "no such file")
 
 
-def test_search_with_zero_trials_is_refused(work, no_ray, capsys):
-    result = search_cli(work, capsys, "--study", "smoke", "--trials", "0")
-    assert_usage_error(result, "--trials: must be >= 1", "got 0")
+@pytest.mark.parametrize("flag, value, says", [("--trials", "0", "must be >= 1"), ("--final-seeds", "0", "must be >= 1"),
+                                               ("--revalidate-top", "-1", "must be >= 0")])
+def test_search_with_too_few_trials_seeds_or_re_validated_trials_is_refused(work, no_ray, capsys, flag, value, says):
+    result = search_cli(work, capsys, "--study", "smoke", flag, value)
+    assert_usage_error(result, f"{flag}: {says}", f"got {value}")
+
+
+def test_selection_flags_override_the_studys(work):
+    args = search_run.parse_args(["--study", "smoke", "--revalidate-top", "0", "--final-seeds", "3"])
+    spec = search_run.with_overrides(search_study.load("smoke"), args)
+    assert spec.selection.revalidate_top == 0 and spec.final_seeds(0) == [0, 1, 2]
 
 
 def test_search_on_a_remote_cluster_without_storage_is_refused(work, no_ray, capsys):
@@ -500,19 +508,25 @@ def test_search_on_a_remote_cluster_without_storage_is_refused(work, no_ray, cap
 
 
 def a_study_in(work: Path, *files: str) -> Path:
-    """results/smoke/ as a study leaves it at some point: spec.json and the given files."""
+    """results/smoke/ as a study leaves it at some point: spec.json and the given files.
+
+    trials.csv holds a complete trial, or none where it is named "trials.csv:none".
+    """
     root = work / "results" / "smoke"
     root.mkdir(parents=True)
     (root / "spec.json").write_text(json.dumps(search_study.load("smoke").to_dict()))
     for name in files:
+        name, _, none = name.partition(":")
         (root / name).parent.mkdir(parents=True, exist_ok=True)
-        (root / name).write_text('{"status": "completed"}' if name.endswith(".json") else "x\n")
+        (root / name).write_text('{"status": "completed"}' if name.endswith(".json")
+                                 else f"trial_id,state\n0,{'pruned' if none else 'complete'}\n")
     return root
 
 
 @pytest.mark.parametrize("files, says", [
     ((), "was interrupted; add --resume to continue it"),
-    (("trials.csv",), "no trial ran the whole horizon"),
+    (("trials.csv:none",), "no trial ran the whole horizon"),
+    (("trials.csv",), "was interrupted; add --resume to continue it"),  # in its re-validation
     (("trials.csv", "best.json"), "has finished its search but not its final run; add --resume"),
     (("trials.csv", "best.json", "final/summary.json"), "has finished; its report is"),
 ])
@@ -548,7 +562,8 @@ def test_a_finished_study_run_again_at_a_terminal_is_not_offered_a_resume(work, 
 
 def test_a_resumed_study_keeps_its_settings(work, no_ray, capsys):
     a_study_in(work)
-    for given in (["--trials", "3"], ["--gpus", "0"], ["--data", "synthetic"]):
+    for given in (["--trials", "3"], ["--gpus", "0"], ["--data", "synthetic"], ["--final-seeds", "2"],
+                  ["--revalidate-top", "0"]):
         result = call(search_run.main, ["--results-dir", str(work / "results"), "--study", "smoke", "--resume",
                                         *given], capsys)
         assert_usage_error(result, given[0], "keeps the settings it started with")

@@ -146,3 +146,29 @@ def test_in_a_log_file_the_status_comes_again_after_a_minute(clock):
         view.on_trial_result(0, [], trial("a"), {"epoch": epoch, "eval_acc": 0.1})
     statuses = [without_time(line) for line in stream.getvalue().splitlines() if line[10:].startswith("[")]
     assert [s.rsplit("running: ", 1)[1] for s in statuses] == ["#0@0]", "#0@3]"]
+
+
+def test_re_validation_says_what_each_re_run_found_beside_the_search(clock):
+    out = Stream(tty=False)
+    view = live.RevalidationView({2: 0.52, 7: 0.45}, "eval_acc", horizon=4, stream=out)
+    ok = SimpleNamespace(config={"trial_id": 2, "seed": 1}, last_result={"epoch": 4, "eval_acc": 0.36}, num_failures=0)
+    bad = SimpleNamespace(config={"trial_id": 7, "seed": 1}, last_result={"epoch": 2, "status": "diverged"},
+                          num_failures=0)
+    view.on_trial_start(0, [], ok)
+    view.on_trial_complete(0, [], ok)
+    view.on_trial_complete(0, [], bad)
+    lines = [line.split("  ", 1)[1] for line in out.getvalue().splitlines()]
+    assert lines == ["re-validation of trial 2 (seed 1) started",
+                     "re-validated trial 2 (seed 1): val accuracy 36.00% at epoch 4 (search: val accuracy 52.00%)",
+                     "re-validation of trial 7 (seed 1) ended at epoch 2: diverged"]
+
+
+@pytest.mark.parametrize("several", [False, True])
+def test_each_final_epoch_is_a_line_naming_its_seed_where_there_are_several(several):
+    out = Stream(tty=False)
+    view = live.FinalView(epochs=250, several=several, stream=out)
+    trial = SimpleNamespace(config={**PARAMS, "seed": 2})
+    view.on_trial_result(0, [], trial, {"epoch": 3, "train_loss": 1.5, "eval_acc": 0.5, "images_per_s": 1000.0})
+    seed = " (seed 2)" if several else ""
+    assert out.getvalue().split("  ", 1)[1] == (f"final epoch 3/250{seed}: train loss 1.5000, test accuracy 50.00%, "
+                                               f"1000 img/s\n")

@@ -143,7 +143,8 @@ def test_a_study_on_a_cluster_that_loses_a_node_mid_trial_goes_on_and_collects_i
     # some node and was brought back into results/.
     assert (storage / "tiny" / "tune").is_dir() and (storage / "tiny" / "final-tune").is_dir()
     assert not (results / "tiny" / "tune").exists()
-    final = results / "tiny" / "final"
+    final = results / "tiny" / "final" / "seed-0"
+    assert json.loads((final.parent / "summary.json").read_text())["status"] == "completed"
     summary = json.loads((final / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_run"] == 2
     assert len((final / "metrics.csv").read_text().strip().splitlines()) == 1 + 2

@@ -2,6 +2,7 @@
 import csv
 import ipaddress
 import json
+import statistics
 
 import pytest
 from optuna.trial import TrialState
@@ -20,8 +21,32 @@ def optuna_trials(run):
 
 def test_the_smoke_study_runs_to_the_end(smoke_study):
     assert smoke_study.returncode == 0, smoke_study.stderr[-3000:]
-    for name in ("optuna.db", "best.json", "trials.csv", "spec.json", "report.html", "final/summary.json"):
+    for name in ("optuna.db", "revalidation.json", "best.json", "trials.csv", "spec.json", "report.html",
+                 "final/summary.json", "final/seed-0/summary.json", "final/seed-1/summary.json"):
         assert (smoke_study.root / name).exists(), name
+
+
+def revalidation(run):
+    return json.loads((run.root / "revalidation.json").read_text())
+
+
+def test_the_two_best_complete_trials_are_re_validated_with_another_seed_and_the_best_mean_chosen(smoke_study):
+    record = revalidation(smoke_study)
+    complete = sorted((t for t in optuna_trials(smoke_study) if t.state == TrialState.COMPLETE),
+                      key=lambda t: (-t.value, t.number))
+    top = complete[:SPEC.selection.revalidate_top]
+    assert len(top) == 2, "the smoke study has at least two complete trials to re-validate"
+    assert [r["trial_id"] for r in record["trials"]] == [t.number for t in top]
+    assert [(r["trial_id"], r["seed"], r["status"], r["epochs"]) for r in record["runs"]] == [
+        (t.number, SPEC.seed + 1, "completed", SPEC.asha.horizon) for t in top]
+    for r, t in zip(record["trials"], top):
+        again = next(x["value"] for x in record["runs"] if x["trial_id"] == t.number)
+        assert r["values"] == [t.value, again] and r["mean_value"] == pytest.approx((t.value + again) / 2)
+    # The best mean; a tie goes to the trial the search ranked higher.
+    chosen = max(record["trials"], key=lambda r: (r["mean_value"], -record["trials"].index(r)))
+    assert record["chosen"] == chosen["trial_id"] and record["best_single"] == top[0].number
+    assert record["changed"] == (chosen["trial_id"] != top[0].number)
+    assert "re-validation of trial" in smoke_study.stdout and "re-validation: trial" in smoke_study.stdout
 
 
 def test_every_trial_is_complete_pruned_or_failed_with_every_epoch_recorded(smoke_study):
@@ -45,11 +70,13 @@ def test_the_seed_recipe_is_trial_0(smoke_study):
     assert optuna_trials(smoke_study)[0].params == SPEC.seed_params()
 
 
-def test_best_json_is_the_best_trial_that_ran_the_whole_horizon(smoke_study):
+def test_best_json_is_the_trial_re_validation_chose_with_every_runs_value(smoke_study):
     best = json.loads((smoke_study.root / "best.json").read_text())
-    complete = [t for t in optuna_trials(smoke_study) if t.state == TrialState.COMPLETE]
-    top = max(complete, key=lambda t: t.value)
+    record = revalidation(smoke_study)
+    top = optuna_trials(smoke_study)[record["chosen"]]
+    mine = next(r for r in record["trials"] if r["trial_id"] == top.number)
     assert best["trial_id"] == top.number and best["value"] == top.value
+    assert best["mean_value"] == mine["mean_value"] and best["values"] == mine["values"] and best["revalidated"]
     assert best["params"] == top.params
     assert best["final_config"] == SPEC.final_config(top.params).to_dict() | {
         "data_dir": best["final_config"]["data_dir"]}
@@ -60,22 +87,42 @@ def test_trials_csv_has_a_row_per_trial_matching_the_optuna_study(smoke_study):
         rows = list(csv.DictReader(f))
     trials = optuna_trials(smoke_study)
     assert [int(r["trial_id"]) for r in rows] == [t.number for t in trials]
+    revalidated = {r["trial_id"]: r for r in revalidation(smoke_study)["trials"]}
     for row, t in zip(rows, trials):
+        again = revalidated.get(t.number)
+        assert json.loads(row["revalidated_values"] or "null") == (again["values"][1:] if again else None)
+        assert (float(row["mean_value"]) if row["mean_value"] else None) == (again["mean_value"] if again else None)
         assert row["state"] == {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned"}[t.state]
         assert int(row["epochs"]) == t.user_attrs["epochs"]
         assert float(row["value"]) == pytest.approx(t.value)
         assert float(row["lr"]) == pytest.approx(t.params["lr"])
 
 
-def test_the_final_run_trains_the_best_settings_on_the_whole_training_set_against_the_test_set(smoke_study):
+def test_two_final_runs_train_the_chosen_settings_with_seeds_0_and_1_on_the_whole_training_set(smoke_study):
     best = json.loads((smoke_study.root / "best.json").read_text())
     final = smoke_study.root / "final"
-    summary = json.loads((final / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["epochs_run"] == 4
-    assert summary["eval_set"] == "test" and summary["train_images"] == 600
-    config = json.loads((final / "config.json").read_text())
-    assert config == best["final_config"] | {"device": "cpu"}
-    assert (final / "checkpoints" / "best.pt").exists() and (final / "curves.html").exists()
+    assert sorted(d.name for d in final.iterdir() if d.is_dir()) == ["seed-0", "seed-1"]
+    for seed in (0, 1):
+        run = final / f"seed-{seed}"
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["epochs_run"] == 4
+        assert summary["eval_set"] == "test" and summary["train_images"] == 600
+        config = json.loads((run / "config.json").read_text())
+        # Another seed of initialisation, order and augmentation; the same images.
+        assert config == best["final_config"] | {"device": "cpu", "seed": seed, "split_seed": 0}
+        assert (run / "checkpoints" / "best.pt").exists() and (run / "curves.html").exists()
+
+
+def test_final_summary_aggregates_the_seeds_and_the_last_line_says_mean_and_std(smoke_study):
+    summary = json.loads((smoke_study.root / "final" / "summary.json").read_text())
+    accs = [json.loads((smoke_study.root / "final" / f"seed-{s}" / "summary.json").read_text())["final_eval_acc"]
+            for s in (0, 1)]
+    assert summary["status"] == "completed" and summary["seeds"] == [0, 1] and summary["n"] == 2
+    assert [r["final_eval_acc"] for r in summary["runs"]] == accs
+    assert summary["mean_final_eval_acc"] == pytest.approx(statistics.fmean(accs))
+    assert summary["std_final_eval_acc"] == pytest.approx(statistics.stdev(accs))
+    assert smoke_study.stdout.strip().splitlines()[-1] == (
+        f"final: {100 * statistics.fmean(accs):.2f} +- {100 * statistics.stdev(accs):.2f}% test accuracy over 2 seeds")
 
 
 def test_a_finished_study_keeps_the_final_runs_weights_and_no_tune_checkpoints(smoke_study):
@@ -83,15 +130,16 @@ def test_a_finished_study_keeps_the_final_runs_weights_and_no_tune_checkpoints(s
     trial_dirs = [d for d in (root / "tune").iterdir() if d.is_dir() and (d / "result.json").exists()]
     assert len(trial_dirs) == SPEC.trials  # every trial's own record is still there ...
     assert not list(root.rglob("checkpoint_*"))  # ... but not its ~170 MB (at full width) checkpoint
-    assert (root / "final" / "checkpoints" / "last.pt").is_file()
+    assert all((root / "final" / f"seed-{s}" / "checkpoints" / "last.pt").is_file() for s in (0, 1))
 
 
-def test_from_study_best_reruns_the_final_run_without_ray(smoke_study, tmp_path, capsys):
+@pytest.mark.parametrize("seed", [None, 1])
+def test_from_study_best_reruns_a_final_run_without_ray_seed_0_unless_told(smoke_study, tmp_path, capsys, seed):
     out = tmp_path / "again"
     code = train_main(["--from-study", "best", "--study", "smoke", "--results-dir", str(smoke_study.results),
-                       "--epochs", "1", "--out", str(out)])
+                       "--epochs", "1", "--out", str(out), *(["--seed", str(seed)] if seed is not None else [])])
     assert code == 0
-    final = json.loads((smoke_study.root / "final" / "config.json").read_text())
+    final = json.loads((smoke_study.root / "final" / f"seed-{seed or 0}" / "config.json").read_text())
     assert json.loads((out / "config.json").read_text()) == final | {"epochs": 1}
     best = json.loads((smoke_study.root / "best.json").read_text())
     assert f"best trial {best['trial_id']}" in capsys.readouterr().out
@@ -128,7 +176,7 @@ def test_the_live_view_is_compact_and_free_of_ray_noise(smoke_study):
     assert "trial 0 started: lr 0.1, wd 0.0005, dropout 0.200, smoothing 0.100" in out
     assert " pruned: stopped by ASHA at epoch " in out
     assert "optuna-dashboard sqlite:///" in out
-    assert "final epoch 4/4" in out
+    assert "final epoch 4/4 (seed 0)" in out and "final epoch 4/4 (seed 1)" in out
     for noise in ("Configuration for experiment", "View detailed results", "Trial status", "TensorBoard"):
         assert noise not in out + smoke_study.stderr
 
@@ -138,7 +186,10 @@ def test_the_smoke_study_report_renders_fully_in_a_browser(smoke_study):
     found = check_report_in_browser(smoke_study.root / "report.html")
     assert found["errors"] == [] and found["requests"] == []
     ids = [f["id"] for f in found["figures"]]
-    assert {"fig-history", "fig-curves", "fig-parallel", "fig-slice", "fig-final"} <= set(ids)
+    assert {"fig-final", "fig-final-run", "fig-revalidation", "fig-history", "fig-curves", "fig-parallel",
+            "fig-slice"} <= set(ids)
+    final = next(f for f in found["figures"] if f["id"] == "fig-final")
+    assert final["traces"] == 4  # seeds 0 and 1, the band of one std and their mean
     assert all(f["svg"] >= 1 and f["drawn"] >= 1 for f in found["figures"]), found["figures"]
     # Importances need five complete trials; where there are fewer the page says so instead.
     complete = sum(t.state == TrialState.COMPLETE for t in optuna_trials(smoke_study))

@@ -7,8 +7,10 @@ One study (tests/studies/tiny.toml, 5 trials) goes through all of them, as a use
 2. `--resume --no-final`: the driver is SIGKILLed (the OOM killer, a lost session) while trials are
    midway, and their checkpoints in Tune's experiment are then truncated (a full disk, a lost copy);
 3. `--resume --no-final`: while it runs, a second driver (with and without --resume) is refused and
-   `python -m search.report` works; the search ends, without a final run;
-4. `--resume`: the final run alone, SIGKILLed in its first epochs;
+   `python -m search.report` works; the search ends, and the driver is SIGKILLed in the re-validation of
+   the top trials (--revalidate-top 2) as the first re-run ends;
+4. `--resume`: re-validation goes on without running an ended re-run again; the final run, SIGKILLed in
+   its first epochs;
 5. `--resume` ends the study.
 """
 import contextlib
@@ -109,7 +111,8 @@ def interrupted(tmp_path_factory):
             proc.send_signal(signal.SIGTERM)
             k["sigterm"] = True
 
-    k["stopped"] = run_study(args + ["--trials", str(PLANNED), "--no-final"], watch=stop_midway, poll=0.1)
+    k["stopped"] = run_study(args + ["--trials", str(PLANNED), "--revalidate-top", "2", "--no-final"],
+                             watch=stop_midway, poll=0.1)
     k["after_stop"] = read_trials(db, "tiny")
     k["checkpoints_after_stop"] = {t.user_attrs["ray_trial_id"]: checkpoints_of(root, t.user_attrs["ray_trial_id"])
                                    for t in k["after_stop"] if t.intermediate_values}
@@ -173,12 +176,27 @@ def interrupted(tmp_path_factory):
                                                   text=True, stdin=subprocess.DEVNULL) for name, c in commands.items()}
             k["pid"] = proc.pid
 
-    k["searched"] = run_study(args + ["--resume", "--no-final"], watch=start_others)
+    # ... and killed in its re-validation, as the first re-run ends (frozen first: what the log holds is what it has).
+    reval_seen: dict = {}
+
+    def start_others_then_kill_in_revalidation(proc, out):
+        start_others(proc, out)
+        if "tree" not in reval_seen and "re-validated trial" in out:
+            os.kill(proc.pid, signal.SIGSTOP)
+            reval_seen["ended"] = json.loads((root / "revalidation.json").read_text())["runs"]
+            kill_tree(proc, reval_seen)
+
+    try:
+        k["searched"] = run_study(args + ["--resume", "--no-final"], watch=start_others_then_kill_in_revalidation,
+                                  poll=0.1)
+    finally:
+        clean_up(reval_seen.get("tree", []))
+    k["reval_ended_at_kill"] = reval_seen.get("ended", [])
     k["others"] = {name: (*p.communicate(timeout=300), p.returncode) for name, p in k.get("others", {}).items()}
     k["after_search"] = read_trials(db, "tiny")
     k["final_after_search"] = (root / "final").exists()
 
-    # 4. The final run alone, killed in its first epochs; 5. resumed to its end.
+    # 4. Re-validation goes on, then the final run, killed in its first epochs; 5. resumed to its end.
     final_seen: dict = {}
 
     def kill_in_final(proc, out):
@@ -212,7 +230,8 @@ def test_a_stopped_and_killed_search_resumes_with_every_planned_trial_run_once(i
     k = interrupted
     assert k["killed"].returncode == -9, k["killed"].stderr[-2000:]
     assert k["damaged"], "the driver was not killed with a trial midway"
-    assert k["searched"].returncode == 0, k["searched"].stderr[-2000:]
+    # The search ended (and the driver was killed later, in re-validation).
+    assert k["searched"].returncode == -9 and "re-validation: the " in k["searched"].stdout, k["searched"].stderr[-2000:]
     trials = k["after_search"]
     reasons = [(t.state, t.user_attrs.get("reason")) for t in trials]
     assert [t.number for t in trials] == list(range(PLANNED)), reasons  # none lost, none added in place of a lost one
@@ -284,22 +303,48 @@ def test_lost_checkpoints_of_unfinished_trials_are_marked_so_their_trials_restar
     assert mark_lost_checkpoints(str(left)) == []
 
 
+def test_a_driver_killed_in_re_validation_resumes_it_without_running_an_ended_re_run_again(interrupted):
+    k = interrupted
+    ended = k["reval_ended_at_kill"]
+    assert ended and all(r["status"] == "completed" for r in ended), ended
+    record = json.loads((k["root"] / "revalidation.json").read_text())
+    top = [r["trial_id"] for r in record["trials"]]
+    complete = [t for t in k["after_search"] if t.state == TrialState.COMPLETE]
+    assert len(top) == min(2, len(complete)) >= 1
+    resumed = k["final_killed"].stdout  # the --resume after the kill
+    started = {n for n in top if f"re-validation of trial {n} (seed 1) started" in resumed}
+    assert started == set(top) - {r["trial_id"] for r in ended}, resumed[-3000:]
+    # One run of each top trial, those that had ended kept as they were; optuna.db untouched by re-validation.
+    assert sorted(r["trial_id"] for r in record["runs"]) == sorted(top)
+    assert all(r in record["runs"] for r in ended)
+    assert all(r["status"] == "completed" and r["epochs"] == 3 for r in record["runs"]), record["runs"]
+    assert read_trials(k["db"], "tiny") == k["after_search"]
+    best = json.loads((k["root"] / "best.json").read_text())
+    assert best["trial_id"] == record["chosen"] and best["revalidated"]
+
+
 def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(interrupted):
     k = interrupted
     killed = k["final_killed"]
-    assert killed.returncode == -9 and "final run completed" not in killed.stdout, killed.stdout[-2000:]
-    assert " started:" not in killed.stdout  # the search was over: only the final run went on
+    assert killed.returncode == -9 and "final: " not in killed.stdout, killed.stdout[-2000:]
+    assert " started:" not in killed.stdout  # the search was over: only re-validation and the final run went on
     assert k["ended"].returncode == 0, k["ended"].stderr[-2000:]
-    assert " started:" not in k["ended"].stdout
+    assert " started" not in k["ended"].stdout  # nor any re-validation run: they had all ended
     assert read_trials(k["db"], "tiny") == k["after_search"]
-    final = k["root"] / "final"
+    # One seed on CPU by default, in the same layout as several.
+    assert sorted(p.name for p in (k["root"] / "final").iterdir()) == ["seed-0", "summary.json"]
+    final = k["root"] / "final" / "seed-0"
     summary = json.loads((final / "summary.json").read_text())
     best = json.loads((k["root"] / "best.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_run"] == 2
     assert {name: summary["config"][name] for name in best["params"]} == best["params"]
     rows = (final / "metrics.csv").read_text().strip().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == [1, 2]
-    assert "final run completed" in k["ended"].stdout
+    aggregate = json.loads((k["root"] / "final" / "summary.json").read_text())
+    assert aggregate["seeds"] == [0] and aggregate["mean_final_eval_acc"] == summary["final_eval_acc"]
+    assert aggregate["std_final_eval_acc"] is None
+    assert k["ended"].stdout.strip().splitlines()[-1] == (
+        f"final: {100 * summary['final_eval_acc']:.2f}% test accuracy (seed 0)")
     assert not list(k["root"].rglob("checkpoint_*"))  # nothing that will ever be resumed is kept
 
 

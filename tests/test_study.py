@@ -55,6 +55,10 @@ def test_trial_and_final_configs_take_their_own_overrides():
         (("horizon = 4", "horizon = \"four\""), "asha.horizon must be int"),
         (("grace_period = 1", "grace_period = 9"), "grace_period .9. must not exceed asha.horizon"),
         (("trials = 8", "trials = 0"), "trials must be >= 1"),
+        (("revalidate_top = 2", "revalidate_top = -1"), "selection.revalidate_top must be >= 0"),
+        (("revalidate_top = 2", "revalidate_top = 2\nseeds = 3"), r"\[selection\] has unknown key 'seeds'"),
+        (("epochs = 4", "epochs = 4\nseeds = 0"), "final.seeds must be >= 1"),
+        (("epochs = 4", "epochs = 4\nseeds = 1.5"), "final.seeds must be int"),
     ],
 )
 def test_a_bad_study_file_is_one_clear_error(tmp_path, edit, message):
@@ -85,3 +89,30 @@ def test_replacing_settings_revalidates():
         spec.replace(trials=0)
     with pytest.raises(SpecError, match="resources.trials_per_gpu must be >= 1"):
         spec.replace(resources=dataclasses.replace(spec.resources, trials_per_gpu=0))
+
+
+def test_selection_re_validates_the_top_trials_and_final_seeds_follow_the_gpus(tmp_path):
+    assert studies.load("default").selection.revalidate_top == 3
+    smoke = studies.load("smoke")
+    assert smoke.selection.revalidate_top == 2 and smoke.selection.final_seeds is None
+    # Omitted: one final run per GPU, side by side, up to 3; one on CPU.
+    assert [smoke.final_seeds(g) for g in (0, 1, 2, 4, 8)] == [[0], [0], [0, 1], [0, 1, 2], [0, 1, 2]]
+    spec = studies.load(write(tmp_path, SMOKE.replace("epochs = 4", "epochs = 4\nseeds = 2", 1)))
+    assert spec.selection.final_seeds == 2 and spec.final_seeds(0) == [0, 1] and spec.final_seeds(8) == [0, 1]
+    assert "seeds" not in spec.final  # a key of the study, not a recipe setting
+    assert studies.StudySpec.from_dict(spec.to_dict()) == spec
+
+
+def test_every_run_of_a_study_scores_on_the_studys_split_whatever_its_seed():
+    spec = studies.load("smoke").replace(seed=3)
+    params = spec.seed_params()
+    rerun, final = spec.trial_config(params, seed=spec.revalidation_seed()), spec.final_config(params, seed=5)
+    assert (rerun.seed, rerun.split_seed) == (4, 3) and (final.seed, final.split_seed) == (5, 3)
+    assert spec.trial_config(params).seed == spec.trial_config(params).split_seed == 3
+
+
+def test_a_study_saved_before_selection_existed_resumes_without_re_validation_or_extra_seeds():
+    saved = studies.load("smoke").to_dict()
+    del saved["selection"]
+    spec = studies.StudySpec.from_dict(saved)
+    assert spec.selection.revalidate_top == 0 and spec.final_seeds(4) == [0]

@@ -1,0 +1,112 @@
+"""How a study chooses its answer from re-validated trials, and sums up its final runs (search.results)."""
+import json
+import math
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from search import results
+from search import study as studies
+from search.study import StudyPaths
+
+SPEC = studies.load("smoke")  # revalidate_top = 2; maximises eval_acc
+
+
+def study_of(values: list[float | None], spec=SPEC) -> optuna.Study:
+    """Trials with these values at the horizon; None is a pruned trial."""
+    study = optuna.create_study(direction="maximize" if spec.mode == "max" else "minimize")
+    dist = {n: FloatDistribution(p.low, p.high, log=p.log) for n, p in spec.space.items()}
+    for v in values:
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.PRUNED if v is None else TrialState.COMPLETE, value=v if v is not None else 0.01,
+            params=spec.seed_params(), distributions=dist, intermediate_values={1: v or 0.01}))
+    return study
+
+
+def rerun(trial_id: int, value: float | None, status: str = "completed") -> dict:
+    return {"trial_id": trial_id, "seed": 1, "status": status, "value": value, "epochs": 4, "time_s": 10.0,
+            "ended": 1000.0 + trial_id, "reason": None, "ray_trial_id": f"r{trial_id}"}
+
+
+def test_the_best_mean_over_a_trials_runs_is_chosen_not_the_best_single_value():
+    study = study_of([0.40, None, 0.52, 0.45])  # top 2 by value: 2, then 3
+    record = results.revalidation_record(study, SPEC, [rerun(2, 0.36), rerun(3, 0.47)])
+    assert [r["trial_id"] for r in record["trials"]] == [2, 3]
+    assert record["trials"][0]["values"] == [0.52, 0.36] and record["trials"][0]["mean_value"] == pytest.approx(0.44)
+    assert record["chosen"] == 3 and record["best_single"] == 2 and record["changed"]
+    assert record["epochs"] == 8 and record["wall_time_s"] == pytest.approx(11.0)  # from 992 to 1003
+    best = results.best_record(SPEC, results.chosen_trial(study, SPEC, record), record)
+    assert best["trial_id"] == 3 and best["value"] == 0.45 and best["values"] == [0.45, 0.47]
+    assert best["mean_value"] == pytest.approx(0.46) and best["revalidated"] and best["best_single_trial_id"] == 2
+
+
+def test_a_tie_in_the_mean_goes_to_the_trial_the_search_ranked_higher():
+    study = study_of([0.50, 0.40])
+    record = results.revalidation_record(study, SPEC, [rerun(0, 0.40), rerun(1, 0.50)])
+    assert record["chosen"] == 0 and not record["changed"]
+
+
+def test_a_diverged_re_run_ranks_its_trial_last_and_a_failed_one_is_left_out():
+    study = study_of([0.50, 0.45, 0.30])
+    spec = SPEC.replace(selection=SPEC.selection.__class__(revalidate_top=3))
+    record = results.revalidation_record(study, spec, [rerun(0, float("nan"), "diverged"), rerun(1, None, "failed"),
+                                                       rerun(2, 0.31)])
+    by_id = {r["trial_id"]: r for r in record["trials"]}
+    assert math.isnan(by_id[0]["mean_value"])  # the settings are unstable: last
+    assert by_id[1]["values"] == [0.45] and by_id[1]["mean_value"] == 0.45  # a crash says nothing of the settings
+    assert record["chosen"] == 1
+
+
+def test_a_minimised_metric_chooses_the_lowest_mean():
+    spec = SPEC.replace(metric="eval_loss")
+    study = study_of([2.0, 1.5, 1.8], spec)
+    record = results.revalidation_record(study, spec, [rerun(1, 2.3), rerun(2, 1.7)])
+    assert [r["trial_id"] for r in record["trials"]] == [1, 2] and record["chosen"] == 2
+
+
+def test_trials_csv_carries_the_re_runs_and_the_mean_of_the_re_validated_trials(tmp_path):
+    study = study_of([0.40, None, 0.52, 0.45])
+    record = results.revalidation_record(study, SPEC, [rerun(2, 0.36), rerun(3, 0.47)])
+    frame = results.trials_frame(study, SPEC, record)
+    assert json.loads(frame.loc[2, "revalidated_values"]) == [0.36] and frame.loc[3, "mean_value"] == pytest.approx(0.46)
+    assert pd.isna(frame.loc[0, "revalidated_values"]) and pd.isna(frame.loc[0, "mean_value"])
+    path = tmp_path / "trials.csv"
+    frame.to_csv(path, index=False)
+    lines = path.read_text().splitlines()
+    assert lines[0].split(",")[5:7] == ["revalidated_values", "mean_value"]
+    assert lines[1].split(",")[5:7] == ["", ""] and ",[0.36],0.44," in lines[3]
+
+
+def write_run(paths: StudyPaths, seed: int, status: str, acc: float | None) -> None:
+    run = paths.final_run(seed)
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({
+        "status": status, "final_eval_acc": acc, "best_eval_acc": acc, "best_epoch": 4, "epochs_run": 4,
+        "epochs": 4, "eval_set": "test", "wall_time_s": 10.0 + seed}))
+
+
+def test_the_final_summary_gives_each_seed_their_mean_and_sample_std(tmp_path):
+    paths = StudyPaths(tmp_path / "s")
+    for seed, acc in ((0, 0.781), (1, 0.779), (2, 0.783)):
+        write_run(paths, seed, "completed", acc)
+    summary = results.final_summary(paths, [0, 1, 2])
+    assert summary["status"] == "completed" and summary["n"] == 3
+    assert [r["final_eval_acc"] for r in summary["runs"]] == [0.781, 0.779, 0.783]
+    assert [r["dir"] for r in summary["runs"]] == ["seed-0", "seed-1", "seed-2"]
+    assert summary["mean_final_eval_acc"] == pytest.approx(0.781)
+    assert summary["std_final_eval_acc"] == pytest.approx(0.002)  # sample std: divided by n - 1
+    assert summary["wall_time_s"] == 12.0  # side by side: the longest run
+    assert results.final_line(summary) == "final: 78.10 +- 0.20% test accuracy over 3 seeds"
+
+
+def test_one_seed_is_one_number_and_an_unfinished_seed_keeps_the_study_unfinished(tmp_path):
+    paths = StudyPaths(tmp_path / "s")
+    write_run(paths, 0, "completed", 0.5)
+    one = results.final_summary(paths, [0])
+    assert one["std_final_eval_acc"] is None and results.final_line(one) == "final: 50.00% test accuracy (seed 0)"
+    two = results.final_summary(paths, [0, 1])
+    assert two["status"] == "not run" and two["n"] == 1
+    assert results.final_line(two) == "final: 50.00% test accuracy (1 of 2 runs completed)"
