@@ -165,11 +165,18 @@ def write_metrics_csv(path: Path, history: list[dict[str, Any]]) -> None:
     checkpoint.write_text(path, buf.getvalue())
 
 
+def resolved(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as a run uses them: split_seed -1 is the run's seed."""
+    split = settings.get("split_seed", -1)
+    return {**settings, "split_seed": settings.get("seed") if split is None or split < 0 else split}
+
+
 def check_resumable(state: dict[str, Any], config: RecipeConfig, path: Path) -> None:
     if state.get("kind") != "last":
         raise CheckpointError(f"{path}: holds a {state.get('kind')!r} model, not a resumable run state")
-    saved = state["config"]
-    for name, value in config.to_dict().items():
+    # A setting added since the run started takes its default (what the run did); the split seed compares as used.
+    saved, now = resolved({**RecipeConfig().to_dict(), **state["config"]}), resolved(config.to_dict())
+    for name, value in now.items():
         if name not in RESUME_MAY_DIFFER and saved.get(name) != value:
             raise CheckpointError(
                 f"{path}: the run was started with {name}={saved.get(name)!r}, not {value!r}; "

@@ -188,10 +188,12 @@ def load_run(run: Path) -> FinalRun:
     return FinalRun(status=summary.get("status", "running"), epochs=epochs, history=history, summary=summary)
 
 
-def load_final(paths: StudyPaths) -> FinalRuns:
+def load_final(paths: StudyPaths, spec: StudySpec) -> FinalRuns:
     seeds = sorted(int(d.name.removeprefix("seed-")) for d in paths.final.glob("seed-*")
                    if d.is_dir() and d.name.removeprefix("seed-").isdigit())
     runs = {seed: run for seed in seeds if (run := load_run(paths.final_run(seed))).status is not None}
+    if not seeds and (paths.final / "metrics.csv").is_file():  # a study from before final/seed-<s>/: one run in final/
+        return FinalRuns(runs={spec.seed: load_run(paths.final)}, summary={})
     summary_path = paths.final / "summary.json"
     return FinalRuns(runs=runs, summary=json.loads(summary_path.read_text()) if summary_path.is_file() else {})
 
@@ -388,10 +390,13 @@ def final_figure(final: FinalRuns, best: FrozenTrial | None) -> go.Figure:
             name=f"seed {seed}", line=dict(width=1.5 if several else 2.5), marker=dict(size=4),
             opacity=0.7 if several else 1.0,
             hovertemplate=f"seed {seed}<br>epoch %{{x}}: %{{y:.2f}}%<extra></extra>"))
-    epochs = sorted(set.intersection(*(set(c) for c in curves.values()))) if several else []
-    if epochs:  # the epochs every run has reached
-        means = [statistics.fmean(c[e] for c in curves.values()) for e in epochs]
-        stds = [statistics.stdev(c[e] for c in curves.values()) for e in epochs]
+    # Mean and std at each epoch that two runs or more reached with a number (a diverged epoch is not one).
+    finite = {e: [c[e] for c in curves.values() if e in c and math.isfinite(c[e])]
+              for e in sorted(set().union(*(set(c) for c in curves.values())))} if several else {}
+    epochs = [e for e, values in finite.items() if len(values) > 1]
+    if epochs:
+        means = [statistics.fmean(finite[e]) for e in epochs]
+        stds = [statistics.stdev(finite[e]) for e in epochs]
         fig.add_trace(go.Scatter(x=epochs + epochs[::-1], y=[m + d for m, d in zip(means, stds)]
                                  + [m - d for m, d in zip(means[::-1], stds[::-1])],
                                  mode="lines", fill="toself", fillcolor="rgba(0,0,0,0.12)", line=dict(width=0),
@@ -399,7 +404,9 @@ def final_figure(final: FinalRuns, best: FrozenTrial | None) -> go.Figure:
                                  name="mean +- std"))
         fig.add_trace(go.Scatter(x=epochs, y=means, mode="lines", line=dict(color="black", width=3),
                                  name=f"mean of {len(curves)} seeds", customdata=stds,
-                                 hovertemplate="mean<br>epoch %{x}: %{y:.2f} +- %{customdata:.2f}%<extra></extra>"))
+                                 text=[len(finite[e]) for e in epochs],
+                                 hovertemplate="mean of %{text} runs<br>epoch %{x}: %{y:.2f} +- %{customdata:.2f}%"
+                                               "<extra></extra>"))
     title = f"Final run{'s' * several}: {length} with {which}" + (f", {len(curves)} seeds" if several else "")
     fig.update_layout(title=title, height=430, legend=dict(orientation="h", y=-0.2))
     fig.update_xaxes(title_text="epoch", **integer_ticks(max((max(c, default=0) for c in curves.values()), default=0)))
@@ -683,7 +690,7 @@ def build_report(paths: StudyPaths) -> str:
     objective = Objective(spec.metric, spec.mode)
     revalidation = load_revalidation(paths)
     best = chosen_trial(study, spec, revalidation) if study is not None else None
-    final = load_final(paths)
+    final = load_final(paths, spec)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     n_complete = len(complete)
     parts = [header_html(spec, trials, best, final, objective, study is not None, revalidation)]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import optuna
 import pandas as pd
@@ -47,7 +47,8 @@ def trials_frame(study: optuna.Study, spec: StudySpec, revalidation: dict[str, A
             "epochs": t.user_attrs.get("epochs", max(t.intermediate_values, default=0)),
             "value": t.value,
             "best_value": pick(values) if values else None,
-            "revalidated_values": json.dumps(again["values"][1:]) if again else None,
+            "revalidated_values": json.dumps([v if math.isfinite(v) else None for v in again["values"][1:]])
+            if again else None,  # JSON: a diverged re-run is null
             "mean_value": again["mean_value"] if again else None,
             **{name: t.params.get(name) for name in SEARCHED},
             "time_s": (end - t.datetime_start).total_seconds() if end and t.datetime_start else None,
@@ -84,18 +85,21 @@ def revalidation_record(study: optuna.Study, spec: StudySpec, runs: list[dict[st
 
     `runs`: one record per re-run ({"trial_id", "seed", "status", "value", "epochs", "time_s", ...}).
     A re-run's value counts where it ran the whole horizon; a diverged one counts as not a number
-    (the trial's mean then ranks last); a failed one (a crash, after its retries) says nothing of
-    the settings and is left out. Best mean wins; ties go to the trial ranked higher by the search.
+    (the trial's mean then ranks last); a failed one (a crash, after its retries; --resume tries it
+    again) says nothing of the settings and is left out, but a trial short of a run ranks after those
+    with all of theirs: its mean would be its search value alone, the very figure the winner's curse
+    inflates. Best mean wins; ties go to the trial ranked higher by the search.
     """
     top = top_trials(study, spec.mode, spec.selection.revalidate_top)
     sign = 1 if spec.mode == "max" else -1
     trials = []
     for rank, t in enumerate(top):
-        again = [r["value"] for r in runs if r["trial_id"] == t.number and r["value"] is not None]
+        mine = [r for r in runs if r["trial_id"] == t.number]
+        again = [r["value"] for r in mine if r["value"] is not None]
         values = [float(t.value), *again]
         trials.append({"trial_id": t.number, "value": t.value, "values": values, "mean_value": mean_of(values),
-                       "rank": rank})
-    chosen = min(trials, key=lambda r: (not math.isfinite(r["mean_value"]),
+                       "missing_runs": len(mine) - len(again), "rank": rank})
+    chosen = min(trials, key=lambda r: (not math.isfinite(r["mean_value"]), r["missing_runs"] > 0,
                                         -sign * r["mean_value"] if math.isfinite(r["mean_value"]) else 0, r["rank"]))
     starts = [r["ended"] - r["time_s"] for r in runs if r.get("ended") is not None]
     return {
@@ -164,17 +168,19 @@ def write_results(paths: StudyPaths, spec: StudySpec, study: optuna.Study,
     return record
 
 
-def final_summary(paths: StudyPaths, seeds: Sequence[int]) -> dict[str, Any]:
+def final_summary(paths: StudyPaths, seeds: Sequence[int], failed: Collection[int] = ()) -> dict[str, Any]:
     """The final runs in one record: each seed's run, its last-epoch test accuracy, their mean and sample std.
 
     status: "completed" when every run completed, else the first other status among them
-    ("diverged", "failed", "interrupted", or "not run" for a seed with no summary yet).
+    ("diverged"; "failed", for the seeds in `failed`, which Tune gave up on; "interrupted"; or
+    "not run" for a seed with no summary yet).
     """
     runs = []
     for seed in seeds:
         where = paths.final_run(seed) / "summary.json"
         summary = json.loads(where.read_text()) if where.is_file() else {"status": "not run"}
-        runs.append({"seed": seed, "dir": paths.final_run(seed).name, "status": summary.get("status"),
+        status = "failed" if seed in failed else summary.get("status")
+        runs.append({"seed": seed, "dir": paths.final_run(seed).name, "status": status,
                      **{k: summary.get(k) for k in ("final_eval_acc", "best_eval_acc", "best_epoch", "epochs_run",
                                                    "epochs", "eval_set", "wall_time_s")}})
     accs = [r["final_eval_acc"] for r in runs

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from typing import Any
 
 import optuna
@@ -47,7 +48,7 @@ def distributions(spec: StudySpec) -> dict[str, FloatDistribution]:
     return {name: FloatDistribution(p.low, p.high, log=p.log) for name, p in spec.space.items()}
 
 
-def reason_of(error: BaseException | None, attempts: int) -> str:
+def reason_of(error: BaseException | str | None, attempts: int) -> str:
     """The last line of a trial's error (the exception itself), and how often it was tried."""
     lines = [line.strip() for line in str(error or "unknown error").strip().splitlines() if line.strip()]
     return f"{lines[-1][:500] if lines else type(error).__name__} (after {attempts} attempt{'s' * (attempts != 1)})"
@@ -203,4 +204,14 @@ class FailureReasons(Callback):
         self.searcher = searcher
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.searcher.record_failure(trial.trial_id, reason_of(trial.get_error(), trial.num_failures))
+        self.searcher.record_failure(trial.trial_id, reason_of(error_of(trial), trial.num_failures))
+
+
+def error_of(trial: Any) -> str | None:
+    """A failed trial's error as Tune wrote it: the driver's own copy (error_file), which exists at once; the copy
+    on the study's storage (get_error) is synced later."""
+    path = getattr(trial, "error_file", None)
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            return f.read()
+    return trial.get_error()

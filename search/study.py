@@ -251,6 +251,10 @@ def validate(spec: StudySpec, where: str) -> None:
         if searched:
             raise SpecError(f"{where}: [{table}] sets {searched[0]}, which the search chooses; "
                             f"set its range in [space.{searched[0]}]")
+        seeded = sorted(set(overrides) & {"seed", "split_seed"})
+        if seeded:
+            raise SpecError(f"{where}: [{table}] sets {seeded[0]}; every run of a study is seeded by the study's "
+                            f"top-level seed (re-runs and further final runs take the next seeds)")
         if "epochs" in overrides and table != "final":
             raise SpecError(f"{where}: [{table}] sets epochs; a trial's length is asha.horizon")
         try:

@@ -20,13 +20,13 @@ from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoi
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler
 
-from recipe.checkpoint import write_json
+from recipe.checkpoint import is_disk_full, write_json
 from recipe.config import RecipeError
 from search.live import FinalView, LiveView, RevalidationView, settings
 from search.plan import Plan, check_gpus, local_gpus
 from search.results import (final_line, final_summary, load_revalidation, open_study, revalidation_record,
                             top_trials, write_results, write_trials)
-from search.searcher import FailureReasons, StudySearcher, fail_running, reason_of
+from search.searcher import FailureReasons, StudySearcher, error_of, fail_running, reason_of
 from search.storage import whole_files
 from search.study import SEARCHED, StudySpec
 from search.trainable import DISK_FULL, RUN_DIR, run_recipe
@@ -392,8 +392,11 @@ def search(p: Plan, gpus: int) -> None:
 
 
 def restore_or_new(experiment: str, p: Plan, trainable: Any, errored: bool, new: Callable[[], tune.Tuner]) -> tune.Tuner:
-    """A later phase of a study (re-validation, final runs) as Tune left it, or a new one."""
-    if tune.Tuner.can_restore(experiment):
+    """A later phase of a resumed study (re-validation, final runs) as Tune left it, or a new one.
+
+    `errored`: trials that failed for good are tried again (their checkpoints were kept or are marked lost).
+    """
+    if p.resume and tune.Tuner.can_restore(experiment):
         mark_lost_checkpoints(experiment, errored=errored)
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=errored,
                                   storage_filesystem=storage_filesystem(p.storage))
@@ -413,7 +416,7 @@ def run_config(p: Plan, name: str, callbacks: list, sync_artifacts: bool = False
     )
 
 
-def rerun_record(config: dict[str, Any], metrics: dict[str, Any] | None, error: BaseException | None,
+def rerun_record(config: dict[str, Any], metrics: dict[str, Any] | None, error: BaseException | str | None,
                  spec: StudySpec) -> dict[str, Any]:
     """One re-validation run as revalidation.json keeps it: its trial, seed, status, value, epochs and time."""
     m = metrics or {}
@@ -449,9 +452,9 @@ class RerunLog(tune.Callback):
         self._add(trial, None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._add(trial, trial.get_error())
+        self._add(trial, error_of(trial))
 
-    def _add(self, trial: Any, error: BaseException | None) -> None:
+    def _add(self, trial: Any, error: BaseException | str | None) -> None:
         record = rerun_record(trial.config, trial.last_result, error, self.spec) | {"ray_trial_id": trial.trial_id}
         runs = [r for r in logged_reruns(self.path) if r["ray_trial_id"] != trial.trial_id]
         write_json(self.path, {"runs": [*runs, record]})
@@ -493,9 +496,10 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study) -> dict[str, Any] | None
           f"{', '.join(str(t.number) for t in top)}) again for {spec.asha.horizon} epochs with seed {seed}; "
           f"the best mean wins")
     experiment, log = f"{p.storage}/revalidate-tune", str(paths.revalidation)
-    if tune.Tuner.can_restore(experiment):
-        settle_trials(experiment, {r["ray_trial_id"] for r in logged_reruns(log)})
-    tuner = restore_or_new(experiment, p, trainable, errored=False, new=lambda: tune.Tuner(
+    if p.resume and tune.Tuner.can_restore(experiment):
+        # Re-runs that ended with a result are not run again; one that failed is tried again.
+        settle_trials(experiment, {r["ray_trial_id"] for r in logged_reruns(log) if r["status"] != "failed"})
+    tuner = restore_or_new(experiment, p, trainable, errored=True, new=lambda: tune.Tuner(
         trainable,
         param_space={"trial_id": tune.grid_search([t.number for t in top]), "seed": seed},
         tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency(spec, gpus), reuse_actors=True),
@@ -531,7 +535,7 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
         resources(spec, gpus, final=True),
     )
     experiment = f"{p.storage}/final-tune"
-    seeds = saved_seeds(experiment) or spec.final_seeds(gpus)
+    seeds = (saved_seeds(experiment, spec.seed) if p.resume else None) or spec.final_seeds(gpus)
     tuner = restore_or_new(experiment, p, trainable, errored=True, new=lambda: tune.Tuner(
         trainable,
         param_space={**best["params"], "seed": tune.grid_search(seeds)},
@@ -554,7 +558,7 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
                 if target.exists():
                     shutil.rmtree(target)
                 pyarrow.fs.copy_files(f"{r.path}/{RUN_DIR}", str(target), source_filesystem=r.filesystem)
-    summary = final_summary(paths, seeds)
+    summary = final_summary(paths, seeds, failed={int(r.config["seed"]) for r in errors})
     write_json(paths.final / "summary.json", summary)
     if errors:
         e = errors[0]
@@ -563,12 +567,15 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-def saved_seeds(experiment: str) -> list[int] | None:
-    """The seeds of a final-runs experiment Tune saved (a resumed study keeps them, whatever GPUs it has now)."""
+def saved_seeds(experiment: str, study_seed: int) -> list[int] | None:
+    """The seeds of a final-runs experiment Tune saved (a resumed study keeps them, whatever GPUs it has now).
+
+    A final run saved before final runs had seeds has none in its config: it runs with the study's seed.
+    """
     if not tune.Tuner.can_restore(experiment):
         return None
     trials = [json.loads(entry[0]) for entry in newest_saved_state(experiment)[2]["trial_data"]]
-    return sorted(int(t["config"]["seed"]) for t in trials) or None
+    return sorted(int(t["config"].get("seed", study_seed)) for t in trials) or None
 
 
 def revalidation_line(record: dict[str, Any], spec: StudySpec) -> str:
@@ -582,9 +589,16 @@ def revalidation_line(record: dict[str, Any], spec: StudySpec) -> str:
 
 
 def write_report(p: Plan) -> None:
+    """The report, rewritten at each step of the study; one that cannot be written is a line, never the study's end."""
     from search.report import write_report as write
 
-    print(f"report: {write(p.paths)}")
+    try:
+        print(f"report: {write(p.paths)}")
+    except Exception as e:
+        if is_disk_full(e):
+            raise  # the study stops, its state saved
+        print(f"report: not written ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+              f"the study goes on; python -m search.report writes it later", file=sys.stderr)
 
 
 def run(p: Plan, on_ray_started: Callable[[], None] = lambda: None) -> int:

@@ -410,7 +410,7 @@ def test_screenshot_is_the_whole_page_at_the_asked_width(running_in_browser):
 
 def test_the_final_figure_overlays_every_seed_with_their_mean_and_a_band_of_one_std(finished):
     paths, _ = finished
-    fig = report.final_figure(report.load_final(paths), best=None)
+    fig = report.final_figure(report.load_final(paths, paths.load_spec()), best=None)
     names = [t.name for t in fig.data]
     assert names == ["seed 0", "seed 1", "seed 2", "mean +- std", "mean of 3 seeds"]
     mean, band = fig.data[4], fig.data[3]
@@ -425,3 +425,26 @@ def test_a_study_with_re_validation_off_says_the_best_single_value_chose(tmp_pat
                                      .to_dict()))
     page = report.write_report(paths).read_text()
     assert text_of(page, "revalidation-missing").startswith("Re-validation is off for this study (revalidate_top = 0)")
+
+
+def test_a_diverged_final_seed_is_a_gap_and_the_mean_is_taken_over_the_runs_with_a_number(tmp_path):
+    paths = make_study(tmp_path, "div", SMALL, finished=True, final="completed", seeds=3)
+    metrics = paths.final_run(1) / "metrics.csv"
+    rows = metrics.read_text().splitlines()
+    rows[3] = ",".join("nan" if i == 5 else v for i, v in enumerate(rows[3].split(",")))  # epoch 3's eval_acc
+    metrics.write_text("\n".join(rows[:4]) + "\n")  # ... and it stopped there
+    fig = report.final_figure(report.load_final(paths, paths.load_spec()), best=None)
+    mean = fig.data[4]
+    assert list(mean.x) == [1, 2, 3, 4] and [int(n) for n in mean.text] == [3, 3, 2, 2]  # epoch 3: seeds 0, 2
+    assert mean.y[2] == pytest.approx(48.0)  # (47 + 49) / 2
+    assert "div" in report.write_report(paths).read_text()
+
+
+def test_a_study_from_before_final_seeds_shows_its_one_final_run(tmp_path):
+    paths = make_study(tmp_path, "old", SMALL, finished=True, final="completed")
+    for f in paths.final_run(0).iterdir():
+        f.rename(paths.final / f.name)
+    paths.final_run(0).rmdir()
+    page = report.write_report(paths).read_text()
+    assert text_of(page, "header-final").startswith("test accuracy 45.00% at the last epoch (4 of 4)")
+    assert "fig-final" in figure_ids(page)

@@ -49,15 +49,21 @@ def test_a_tie_in_the_mean_goes_to_the_trial_the_search_ranked_higher():
     assert record["chosen"] == 0 and not record["changed"]
 
 
-def test_a_diverged_re_run_ranks_its_trial_last_and_a_failed_one_is_left_out():
+def test_a_diverged_re_run_ranks_its_trial_last_and_a_failed_one_after_those_with_every_run():
     study = study_of([0.50, 0.45, 0.30])
     spec = SPEC.replace(selection=SPEC.selection.__class__(revalidate_top=3))
     record = results.revalidation_record(study, spec, [rerun(0, float("nan"), "diverged"), rerun(1, None, "failed"),
                                                        rerun(2, 0.31)])
     by_id = {r["trial_id"]: r for r in record["trials"]}
     assert math.isnan(by_id[0]["mean_value"])  # the settings are unstable: last
-    assert by_id[1]["values"] == [0.45] and by_id[1]["mean_value"] == 0.45  # a crash says nothing of the settings
-    assert record["chosen"] == 1
+    # A crash says nothing of the settings: left out of the mean, but the trial's 0.45 alone is its lucky search
+    # value, so the trial with both its runs (mean 0.305) comes first.
+    assert by_id[1]["values"] == [0.45] and by_id[1]["mean_value"] == 0.45 and by_id[1]["missing_runs"] == 1
+    assert record["chosen"] == 2
+    # With every trial short of its runs, the means alone decide again.
+    record = results.revalidation_record(study, spec, [rerun(0, None, "failed"), rerun(1, None, "failed"),
+                                                       rerun(2, None, "failed")])
+    assert record["chosen"] == 0
 
 
 def test_a_minimised_metric_chooses_the_lowest_mean():
@@ -100,6 +106,15 @@ def test_the_final_summary_gives_each_seed_their_mean_and_sample_std(tmp_path):
     assert summary["std_final_eval_acc"] == pytest.approx(0.002)  # sample std: divided by n - 1
     assert summary["wall_time_s"] == 12.0  # side by side: the longest run
     assert results.final_line(summary) == "final: 78.10 +- 0.20% test accuracy over 3 seeds"
+
+
+def test_a_seed_tune_gave_up_on_is_failed_whatever_its_run_directory_last_said(tmp_path):
+    paths = StudyPaths(tmp_path / "s")
+    write_run(paths, 0, "completed", 0.5)
+    write_run(paths, 1, "running", 0.4)  # a run writes "running" after each epoch; it crashed after one
+    summary = results.final_summary(paths, [0, 1], failed={1})
+    assert [r["status"] for r in summary["runs"]] == ["completed", "failed"] and summary["status"] == "failed"
+    assert summary["n"] == 1
 
 
 def test_one_seed_is_one_number_and_an_unfinished_seed_keeps_the_study_unfinished(tmp_path):

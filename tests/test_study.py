@@ -59,6 +59,8 @@ def test_trial_and_final_configs_take_their_own_overrides():
         (("revalidate_top = 2", "revalidate_top = 2\nseeds = 3"), r"\[selection\] has unknown key 'seeds'"),
         (("epochs = 4", "epochs = 4\nseeds = 0"), "final.seeds must be >= 1"),
         (("epochs = 4", "epochs = 4\nseeds = 1.5"), "final.seeds must be int"),
+        (("epochs = 4", "epochs = 4\nseed = 3"), r"\[final\] sets seed; every run of a study is seeded by"),
+        (("val_size = 200", "val_size = 200\nsplit_seed = 3"), r"\[trial\] sets split_seed"),
     ],
 )
 def test_a_bad_study_file_is_one_clear_error(tmp_path, edit, message):

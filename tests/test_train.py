@@ -128,6 +128,20 @@ def test_resuming_with_a_different_config_is_an_error(tmp_path):
     with pytest.raises(CheckpointError, match="lr=0.1, not 0.2"):
         train(tiny_config(epochs=1, lr=0.2), tmp_path, resume=True)
 
+def test_a_run_saved_before_split_seed_existed_resumes_and_a_different_split_does_not(tmp_path):
+    config = tiny_config(epochs=2, seed=3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "old", callback=lambda m, p: (_ for _ in ()).throw(KeyboardInterrupt))
+    last = tmp_path / "old" / "checkpoints" / "last.pt"
+    state = checkpoint.load(last)
+    del state["config"]["split_seed"]  # as a run before split_seed saved it: its split drawn with its seed, 3
+    checkpoint.save(last, {k: v for k, v in state.items() if k != "format"})
+    with pytest.raises(CheckpointError, match="split_seed=3, not 4"):
+        train(config.replace(split_seed=4), tmp_path / "old", resume=True)
+    # The same split, said either way (as a study now says it: split_seed = its seed).
+    assert train(config.replace(split_seed=3), tmp_path / "old", resume=True)["status"] == "completed"
+
+
 
 @pytest.mark.parametrize("damage", ["truncate", "foreign"])
 def test_a_damaged_or_foreign_checkpoint_is_a_clear_error(tmp_path, damage):
