@@ -9,9 +9,9 @@ log-uniformly, the first that fits is filled with 0; none fitting means no erasi
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
-from torchvision import transforms
 
 from recipe.config import CIFAR100_MEAN, CIFAR100_STD
 
@@ -20,6 +20,9 @@ SIZE = 32
 ERASE_SCALE = (0.02, 0.33)
 ERASE_RATIO = (0.3, 3.3)
 ERASE_TRIES = 10  # torchvision's RandomErasing.get_params tries 10 times
+
+if TYPE_CHECKING:
+    from torchvision import transforms
 
 
 def normalize(x_uint8_nhwc: torch.Tensor) -> torch.Tensor:
@@ -78,8 +81,13 @@ def train_batch(x_uint8_nhwc: torch.Tensor, erasing_p: float) -> torch.Tensor:
     return erase(normalize(crop_flip(x_uint8_nhwc)), erasing_p)
 
 
-def classic_train_transform(erasing_p: float) -> transforms.Compose:
+# torchvision is imported where the classic pipeline needs it: it takes about as long to import as torch
+# (it loads torch._dynamo), in every process that trains, Ray's trial workers included.
+
+def classic_train_transform(erasing_p: float) -> "transforms.Compose":
     """The seed's transform, for PIL images in a DataLoader."""
+    from torchvision import transforms
+
     return transforms.Compose(
         [
             transforms.RandomCrop(SIZE, padding=PAD),
@@ -91,5 +99,7 @@ def classic_train_transform(erasing_p: float) -> transforms.Compose:
     )
 
 
-def classic_eval_transform() -> transforms.Compose:
+def classic_eval_transform() -> "transforms.Compose":
+    from torchvision import transforms
+
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD)])

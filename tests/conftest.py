@@ -36,7 +36,7 @@ torch.set_num_threads(THREADS)
 # core: with two per core, 4 on 2 cores, the suite took 651 s instead of 571 s, the studies' processes
 # fighting for the cores.)
 SLOWEST_FIRST = ("test_search_faults.py", "test_gpu_check.py", "test_search_e2e.py", "test_search_cluster.py",
-                 "test_faults.py", "test_search_resume.py")
+                 "test_faults.py")
 
 
 def pytest_collection_modifyitems(items) -> None:

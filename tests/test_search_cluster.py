@@ -1,5 +1,7 @@
 """Studies that join a running Ray cluster: a cluster that refuses the driver's authentication; a study on
-a cluster of three nodes (Tune's files on --storage) that loses a worker node mid-trial."""
+a cluster of three nodes (Tune's files on --storage) that loses a worker node mid-trial. The lost node
+takes the trial's worker process with it: the same fault as a worker killed on one machine (the OOM
+killer, say), which Tune meets the same way, so that one has no study of its own."""
 import contextlib
 import json
 import os
