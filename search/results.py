@@ -17,7 +17,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from recipe.checkpoint import write_json, write_text
-from search.study import SEARCHED, StudyPaths, StudySpec
+from search.study import FINISHED, SEARCHED, StudyPaths, StudySpec
 
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
@@ -85,9 +85,9 @@ def revalidation_record(study: optuna.Study, spec: StudySpec, runs: list[dict[st
 
     `runs`: one record per re-run ({"trial_id", "seed", "status", "value", "epochs", "time_s", ...}).
     A re-run's value counts where it ran the whole horizon; a diverged one counts as not a number
-    (the trial's mean then ranks last); a failed one (a crash, after its retries; --resume tries it
-    again) says nothing of the settings and is left out, but a trial short of a run ranks after those
-    with all of theirs: its mean would be its search value alone, the very figure the winner's curse
+    (the trial's mean then ranks last); a failed one (a crash after its retries, or a full disk)
+    says nothing of the settings and is left out, but a trial short of a run ranks after those with
+    all of theirs: its mean would be its search value alone, the very figure the winner's curse
     inflates. Best mean wins; ties go to the trial ranked higher by the search.
     """
     top = top_trials(study, spec.mode, spec.selection.revalidate_top)
@@ -185,7 +185,9 @@ def final_summary(paths: StudyPaths, seeds: Sequence[int], failed: Collection[in
                                                    "epochs", "eval_set", "wall_time_s")}})
     accs = [r["final_eval_acc"] for r in runs
             if r["status"] == "completed" and r["final_eval_acc"] is not None and math.isfinite(r["final_eval_acc"])]
-    status = next((r["status"] for r in runs if r["status"] != "completed"), "completed")
+    # A run to do again (failed, interrupted, not run) before one that ended for good (diverged).
+    statuses = [r["status"] for r in runs]
+    status = next((s for s in statuses if s not in FINISHED), next((s for s in statuses if s != "completed"), "completed"))
     return {
         "status": status,
         "seeds": list(seeds),

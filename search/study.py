@@ -251,10 +251,6 @@ def validate(spec: StudySpec, where: str) -> None:
         if searched:
             raise SpecError(f"{where}: [{table}] sets {searched[0]}, which the search chooses; "
                             f"set its range in [space.{searched[0]}]")
-        seeded = sorted(set(overrides) & {"seed", "split_seed"})
-        if seeded:
-            raise SpecError(f"{where}: [{table}] sets {seeded[0]}; every run of a study is seeded by the study's "
-                            f"top-level seed (re-runs and further final runs take the next seeds)")
         if "epochs" in overrides and table != "final":
             raise SpecError(f"{where}: [{table}] sets epochs; a trial's length is asha.horizon")
         try:
@@ -309,6 +305,11 @@ def load(study: str) -> StudySpec:
     for name in ("recipe", "trial", "final"):
         if not isinstance(data.get(name, {}), dict):
             raise SpecError(f"{where}: [{name}] must be a table of recipe settings")
+    for name in ("recipe", "trial", "final"):
+        seeded = sorted(set(data.get(name, {})) & {"seed", "split_seed"})
+        if seeded:
+            raise SpecError(f"{where}: [{name}] sets {seeded[0]}; every run of a study is seeded by the study's "
+                            f"top-level seed (re-runs and further final runs take the next seeds)")
     final = dict(data.get("final", {}))
     selection = _table(where, "selection", data.get("selection", {}), Selection, exclude=("final_seeds",))
     if "seeds" in final:  # the number of final runs: a key of [final] beside its recipe settings

@@ -279,6 +279,33 @@ def settle_ended_trials(experiment: str, study: optuna.Study) -> list[str]:
     return settle_trials(experiment, ended)
 
 
+def give_failed_trials_their_retries(experiment: str) -> list[str]:
+    """Count no failures, in Tune's saved state, for the trials that failed for good; returns their Tune ids.
+
+    Tune keeps a trial's failure count across a restore: a failed trial resumed with resume_errored would
+    have no retry left, and its first crash would end it again.
+    """
+    fs, newest, state = newest_saved_state(experiment)
+    reset = []
+    for entry in state["trial_data"]:
+        trial, metadata = json.loads(entry[0]), json.loads(entry[1])
+        if trial["status"] == Trial.ERROR and (metadata.get("num_failures") or metadata.get("num_failures_after_restore")):
+            metadata["num_failures"] = metadata["num_failures_after_restore"] = 0
+            entry[1] = json.dumps(metadata)
+            reset.append(trial["trial_id"])
+    if reset:
+        save_state(fs, newest, state)
+    return reset
+
+
+def save_state(fs: pyarrow.fs.FileSystem, path: str, state: dict[str, Any]) -> None:
+    """Tune's saved experiment state, rewritten whole (a temporary file renamed into place)."""
+    tmp = f"{path}.tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(json.dumps(state).encode())
+    fs.move(tmp, path)
+
+
 def settle_trials(experiment: str, ended: set[str]) -> list[str]:
     """Mark TERMINATED, in Tune's newest saved state, the trials with these Tune ids; returns those it changed."""
     fs, newest, state = newest_saved_state(experiment)
@@ -292,10 +319,7 @@ def settle_trials(experiment: str, ended: set[str]) -> list[str]:
             entry[0] = json.dumps(trial)
             settled.append(trial["trial_id"])
     if settled:
-        tmp = f"{newest}.tmp"
-        with fs.open_output_stream(tmp) as f:
-            f.write(json.dumps(state).encode())
-        fs.move(tmp, newest)
+        save_state(fs, newest, state)
     return settled
 
 
@@ -398,6 +422,8 @@ def restore_or_new(experiment: str, p: Plan, trainable: Any, errored: bool, new:
     """
     if p.resume and tune.Tuner.can_restore(experiment):
         mark_lost_checkpoints(experiment, errored=errored)
+        if errored:
+            give_failed_trials_their_retries(experiment)
         return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=errored,
                                   storage_filesystem=storage_filesystem(p.storage))
     return new()
@@ -551,18 +577,22 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
     if results.num_terminated + results.num_errors < len(seeds):
         raise KeyboardInterrupt  # stopped on a signal, its state saved
     errors = [r for r in results if r.error is not None]
+
+    def seed_of(result: Any) -> int:  # a final run saved before final runs had seeds ran with the study's
+        return int(result.config.get("seed", spec.seed))
+
     if not local:
         for r in results:
             if r.error is None:
-                target = paths.final_run(int(r.config["seed"]))
+                target = paths.final_run(seed_of(r))
                 if target.exists():
                     shutil.rmtree(target)
                 pyarrow.fs.copy_files(f"{r.path}/{RUN_DIR}", str(target), source_filesystem=r.filesystem)
-    summary = final_summary(paths, seeds, failed={int(r.config["seed"]) for r in errors})
+    summary = final_summary(paths, seeds, failed={seed_of(r) for r in errors})
     write_json(paths.final / "summary.json", summary)
     if errors:
         e = errors[0]
-        raise FinalRunFailed(f"the final run with seed {e.config['seed']} failed after "
+        raise FinalRunFailed(f"the final run with seed {seed_of(e)} failed after "
                              f"{spec.resources.max_failures + 1} attempts: {str(e.error).strip().splitlines()[-1]}")
     return summary
 
@@ -601,8 +631,25 @@ def write_report(p: Plan) -> None:
               f"the study goes on; python -m search.report writes it later", file=sys.stderr)
 
 
+PHASES = ("tune", "revalidate-tune", "final-tune")  # Ray Tune's experiments of a study, under its storage
+
+
+def check_no_earlier_experiments(p: Plan) -> None:
+    """A new study refuses Tune files an earlier study of the same name left on its storage.
+
+    Resumed later, this study would take up that study's re-validation runs or final runs as its own.
+    Removing a study's results directory leaves them where --storage is elsewhere.
+    """
+    for name in PHASES:
+        if tune.Tuner.can_restore(f"{p.storage}/{name}"):
+            raise RecipeError(f"{p.storage}/{name}: Ray Tune's files of an earlier study {p.spec.name!r} are there; "
+                              f"remove {p.storage} to start this study over, or pass another --storage")
+
+
 def run(p: Plan, on_ray_started: Callable[[], None] = lambda: None) -> int:
     spec, paths = p.spec, p.paths
+    if not p.resume:
+        check_no_earlier_experiments(p)
     start_ray(p)
     on_ray_started()  # ray.init installs its own SIGTERM handler, which aborts the driver
     try:

@@ -30,7 +30,7 @@ from optuna.trial import TrialState
 from conftest import REPO, process_tree, read_trials, run_study, tiny_config
 from recipe.config import SEARCHED
 from search.storage import whole_files
-from search.tuning import mark_lost_checkpoints, settle_ended_trials
+from search.tuning import give_failed_trials_their_retries, mark_lost_checkpoints, settle_ended_trials
 
 STUDY = str(REPO / "tests" / "studies" / "tiny.toml")
 PLANNED = 5
@@ -463,3 +463,37 @@ def test_asha_does_not_judge_again_the_epochs_a_resumed_trial_runs_again_nor_the
     rungs = dict(asha._trial_info["leader"]._rungs)
     assert rungs[1]["leader"] == 0.9 and math.isnan(rungs[1]["resumed"]) and math.isnan(rungs[2]["resumed"])
     assert rungs[4]["resumed"] == 0.0
+
+
+def test_a_failed_trial_resumed_with_its_retries_counts_no_failures(tmp_path):
+    experiment = tmp_path / "final-tune"
+    experiment.mkdir()
+    failed = {"num_failures": 2, "num_failures_after_restore": 0, "error_filename": "error.txt"}
+    state = {"trial_data": [[json.dumps({"trial_id": "a", "status": "ERROR"}), json.dumps(failed)],
+                            [json.dumps({"trial_id": "b", "status": "TERMINATED"}), json.dumps({"num_failures": 1})]],
+             "runner_data": {}, "stats": {}}
+    path = experiment / "experiment_state-2026-01-01_00-00-00.json"
+    path.write_text(json.dumps(state))
+    # Tune keeps the count across a restore: with max_failures=2 a trial resumed at 2 has no retry left.
+    assert give_failed_trials_their_retries(str(experiment)) == ["a"]
+    (a, meta_a), (b, meta_b) = [(json.loads(t), json.loads(m)) for t, m in json.loads(path.read_text())["trial_data"]]
+    assert meta_a["num_failures"] == meta_a["num_failures_after_restore"] == 0 and meta_a["error_filename"] == "error.txt"
+    assert meta_b["num_failures"] == 1  # a trial that ended well keeps its record
+    assert give_failed_trials_their_retries(str(experiment)) == []
+
+
+def test_a_new_study_refuses_tune_files_an_earlier_study_left_on_its_storage(tmp_path):
+    from recipe.config import RecipeError
+    from search.plan import Plan
+    from search.study import StudyPaths
+    from search.study import load as load_study
+    from search.tuning import check_no_earlier_experiments
+
+    storage = tmp_path / "shared" / "tiny"
+    plan = Plan(spec=load_study(STUDY), paths=StudyPaths(tmp_path / "results" / "tiny"), resume=False,
+                storage=str(storage), address=None, final=True)
+    check_no_earlier_experiments(plan)  # nothing there
+    (storage / "final-tune").mkdir(parents=True)
+    (storage / "final-tune" / "tuner.pkl").write_bytes(b"")  # what Tune restores an experiment from
+    with pytest.raises(RecipeError, match=f"{storage}/final-tune: Ray Tune's files of an earlier study 'tiny'"):
+        check_no_earlier_experiments(plan)

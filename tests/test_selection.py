@@ -117,6 +117,14 @@ def test_a_seed_tune_gave_up_on_is_failed_whatever_its_run_directory_last_said(t
     assert summary["n"] == 1
 
 
+def test_a_seed_to_run_again_outranks_a_diverged_one_in_the_summarys_status(tmp_path):
+    paths = StudyPaths(tmp_path / "s")
+    write_run(paths, 0, "diverged", float("nan"))
+    write_run(paths, 1, "running", 0.4)
+    assert results.final_summary(paths, [0, 1], failed={1})["status"] == "failed"  # --resume has work to do
+    assert results.final_summary(paths, [0])["status"] == "diverged"  # ended for good
+
+
 def test_one_seed_is_one_number_and_an_unfinished_seed_keeps_the_study_unfinished(tmp_path):
     paths = StudyPaths(tmp_path / "s")
     write_run(paths, 0, "completed", 0.5)

@@ -113,6 +113,12 @@ def test_every_run_of_a_study_scores_on_the_studys_split_whatever_its_seed():
     assert spec.trial_config(params).seed == spec.trial_config(params).split_seed == 3
 
 
+def test_a_saved_study_whose_tables_set_a_seed_still_loads():
+    saved = studies.load("smoke").to_dict()
+    saved["trial"]["seed"] = 3  # allowed before the study's seed took over every run's
+    assert studies.StudySpec.from_dict(saved).trial["seed"] == 3
+
+
 def test_a_study_saved_before_selection_existed_resumes_without_re_validation_or_extra_seeds():
     saved = studies.load("smoke").to_dict()
     del saved["selection"]
