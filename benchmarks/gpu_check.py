@@ -79,7 +79,7 @@ high = 0.3
 n_startup_trials = {2 if quick else 4}
 
 [selection]
-revalidate_top = {1 if quick else 2}
+revalidate_top = {0 if quick else 2}  # --quick: the tests re-validate studies of their own
 '''
     if quick:
         return common + f'''
