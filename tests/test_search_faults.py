@@ -497,3 +497,24 @@ def test_a_new_study_refuses_tune_files_an_earlier_study_left_on_its_storage(tmp
     (storage / "final-tune" / "tuner.pkl").write_bytes(b"")  # what Tune restores an experiment from
     with pytest.raises(RecipeError, match=f"{storage}/final-tune: Ray Tune's files of an earlier study 'tiny'"):
         check_no_earlier_experiments(plan)
+
+
+def test_each_re_run_is_logged_once_as_it_ends_and_a_retry_replaces_its_failure(tmp_path):
+    from types import SimpleNamespace
+
+    from search.study import load as load_study
+    from search.tuning import RerunLog, logged_reruns
+
+    log = str(tmp_path / "revalidation.json")
+    view = RerunLog(log, load_study(STUDY))  # horizon 3
+    trial = SimpleNamespace(trial_id="r1", config={"trial_id": 2, "seed": 1}, error_file=None,
+                            last_result={"epoch": 2, "eval_acc": 0.3, "time_total_s": 5.0, "timestamp": 100},
+                            get_error=lambda: "Failure # 2\nTraceback ...\nRuntimeError: out of memory")
+    view.on_trial_error(0, [], trial)
+    (failed,) = logged_reruns(log)
+    assert (failed["status"], failed["value"], failed["ray_trial_id"]) == ("failed", None, "r1")
+    assert failed["reason"] == "RuntimeError: out of memory (after 2 attempts)"  # max_failures 1: two attempts
+    trial.last_result = {"epoch": 3, "eval_acc": 0.4, "time_total_s": 9.0, "timestamp": 130}  # retried by --resume
+    view.on_trial_complete(0, [], trial)
+    (done,) = logged_reruns(log)
+    assert (done["trial_id"], done["seed"], done["status"], done["value"], done["epochs"]) == (2, 1, "completed", 0.4, 3)
