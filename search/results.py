@@ -171,9 +171,9 @@ def write_results(paths: StudyPaths, spec: StudySpec, study: optuna.Study,
 def final_summary(paths: StudyPaths, seeds: Sequence[int], failed: Collection[int] = ()) -> dict[str, Any]:
     """The final runs in one record: each seed's run, its last-epoch test accuracy, their mean and sample std.
 
-    status: "completed" when every run completed, else the first other status among them
-    ("diverged"; "failed", for the seeds in `failed`, which Tune gave up on; "interrupted"; or
-    "not run" for a seed with no summary yet).
+    status: "completed" when every run completed; else the first status of a run --resume runs again
+    ("failed", for the seeds in `failed`, which Tune gave up on; "interrupted"; "not run" for a seed
+    with no summary yet), and only then "diverged", which ended for good.
     """
     runs = []
     for seed in seeds:

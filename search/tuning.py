@@ -400,15 +400,8 @@ def search(p: Plan, gpus: int) -> None:
                 max_concurrent_trials=concurrency(spec, gpus),
                 reuse_actors=True,  # no new worker process (and torch import) per trial
             ),
-            run_config=tune.RunConfig(
-                name="tune",
-                storage_path=p.storage,
-                storage_filesystem=storage_filesystem(p.storage),
-                failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                callbacks=[FailureReasons(searcher), LiveView(searcher, spec), DropEndedCheckpoints(errored=True)],
-                verbose=0,
-            ),
+            run_config=run_config(p, "tune", [FailureReasons(searcher), LiveView(searcher, spec),
+                                              DropEndedCheckpoints(errored=True)]),
         )
     results = tuner.fit()
     if results.num_terminated + results.num_errors < spec.trials:
@@ -430,6 +423,7 @@ def restore_or_new(experiment: str, p: Plan, trainable: Any, errored: bool, new:
 
 
 def run_config(p: Plan, name: str, callbacks: list, sync_artifacts: bool = False) -> tune.RunConfig:
+    """One phase of a study under Tune (the search, re-validation, the final runs): its storage, retries, checkpoints."""
     return tune.RunConfig(
         name=name,
         storage_path=p.storage,
@@ -664,7 +658,7 @@ def run(p: Plan, on_ray_started: Callable[[], None] = lambda: None) -> int:
         search(p, gpus)
         study = open_study(paths, spec)
         fail_running(study, "the search ended without a result for this trial")
-        write_trials(paths, spec, study)  # the search's record, before re-validation: the study is "searched"
+        write_trials(paths, spec, study)  # the search's record; until best.json, a resume continues re-validation
         revalidation = revalidate(p, gpus, study)
         best = write_results(paths, spec, study, revalidation)
         print(f"trials: {paths.trials_csv}")
