@@ -18,6 +18,7 @@ from ray._raylet import AuthenticationMode, GcsClient, get_authentication_mode  
 from ray.exceptions import ActorDiedError, AuthenticationError, GetTimeoutError, RpcError
 from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
 from ray.tune.experiment import Trial
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 
 from recipe.checkpoint import is_disk_full, write_json
@@ -423,7 +424,13 @@ def restore_or_new(experiment: str, p: Plan, trainable: Any, errored: bool, new:
 
 
 def run_config(p: Plan, name: str, callbacks: list, sync_artifacts: bool = False) -> tune.RunConfig:
-    """One phase of a study under Tune (the search, re-validation, the final runs): its storage, retries, checkpoints."""
+    """One phase of a study under Tune (the search, re-validation, the final runs): its storage, retries, checkpoints.
+
+    Tune's JSON and CSV records of each trial (result.json, progress.csv), not its TensorBoard one: tensorboardX
+    imports torch, seconds of CPU for a driver that trains nothing (the study's own record is optuna.db, its
+    report and each run's metrics.csv). TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=0 brings it back.
+    """
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # read by Tuner.fit, in this process
     return tune.RunConfig(
         name=name,
         storage_path=p.storage,
@@ -431,7 +438,7 @@ def run_config(p: Plan, name: str, callbacks: list, sync_artifacts: bool = False
         failure_config=tune.FailureConfig(max_failures=p.spec.resources.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         sync_config=tune.SyncConfig(sync_artifacts=sync_artifacts),
-        callbacks=callbacks,
+        callbacks=[*callbacks, JsonLoggerCallback(), CSVLoggerCallback()],
         verbose=0,
     )
 
@@ -522,7 +529,10 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study) -> dict[str, Any] | None
     tuner = restore_or_new(experiment, p, trainable, errored=True, new=lambda: tune.Tuner(
         trainable,
         param_space={"trial_id": tune.grid_search([t.number for t in top]), "seed": seed},
-        tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=concurrency(spec, gpus), reuse_actors=True),
+        # No max_concurrent_trials: the resources alone decide how many run at once. With a limit Tune makes a
+        # re-run only once one ends, and a study killed after a re-run ended but before Tune's searcher state said
+        # so would resume to a searcher that waits, forever, for that re-run to end.
+        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
         run_config=run_config(p, "revalidate-tune", [
             RerunLog(log, spec), RevalidationView({t.number: t.value for t in top}, spec.metric, spec.asha.horizon),
             DropEndedCheckpoints(errored=True)]),
@@ -559,7 +569,7 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
     tuner = restore_or_new(experiment, p, trainable, errored=True, new=lambda: tune.Tuner(
         trainable,
         param_space={**best["params"], "seed": tune.grid_search(seeds)},
-        tune_config=tune.TuneConfig(num_samples=1),
+        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),  # more seeds than GPUs: no new worker each
         # On a cluster a run may land on another node: its files travel with Tune's sync.
         run_config=run_config(p, "final-tune", [FinalView(config["epochs"], len(seeds) > 1),
                                                 DropEndedCheckpoints(errored=False)], sync_artifacts=not local),
