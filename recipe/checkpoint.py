@@ -8,11 +8,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable
 
 from recipe.config import RecipeError
+
+if TYPE_CHECKING:
+    import torch
 
 FORMAT = "cifar100-hpo/checkpoint/1"
 
@@ -233,11 +234,15 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def save(path: str | Path, state: dict[str, Any]) -> None:
+    import torch  # here, not at the top: a study's driver writes files through this module and trains nothing
+
     atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint written by save(), with weights_only=True (no code runs on load)."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there")

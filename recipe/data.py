@@ -172,6 +172,28 @@ def stratified_order(y: np.ndarray, seed: int) -> np.ndarray:
     return perm[np.lexsort((class_turn, rank))]
 
 
+def check_data(config: RecipeConfig) -> None:
+    """Raise the DataError that load_splits(config) would, now: missing, malformed or too small data.
+
+    Synthetic data cannot be missing or malformed: only its sizes are checked, without making it (seconds of
+    CPU that a study's driver, which trains nothing, would spend on every start).
+    """
+    if config.data == "synthetic":
+        check_sizes(config, SYNTHETIC_TRAIN, SYNTHETIC_TEST)
+    else:
+        load_splits(config)
+
+
+def check_sizes(config: RecipeConfig, n_train: int, n_test: int) -> None:
+    """The config's split sizes against the data's numbers of training and test images."""
+    if config.val_size + config.subset > n_train:
+        raise DataError(f"val_size ({config.val_size}) + subset ({config.subset}) exceed the {n_train} training images")
+    if not config.val_size and config.eval_subset > n_test:
+        raise DataError(f"eval_subset ({config.eval_subset}) exceeds the {n_test} test images")
+    if config.val_size >= n_train:
+        raise DataError(f"val_size ({config.val_size}) leaves no training images of the {n_train}")
+
+
 def load_splits(config: RecipeConfig) -> Splits:
     """The training set and the evaluation set the config asks for.
 
@@ -187,13 +209,10 @@ def load_splits(config: RecipeConfig) -> Splits:
         train, test = load_npz(config.data)
     else:
         raise DataError(f"data: expected 'cifar100', 'synthetic' or a path to a .npz file, got {config.data!r}")
+    check_sizes(config, len(train), len(test))
 
     split_seed = config.seed if config.split_seed < 0 else config.split_seed
     order = stratified_order(train.y, split_seed)
-    if config.val_size + config.subset > len(train):
-        raise DataError(
-            f"val_size ({config.val_size}) + subset ({config.subset}) exceed the {len(train)} training images"
-        )
     if config.val_size:
         evaluation = train.take(np.sort(order[: config.val_size]))
         rest = order[config.val_size :]
@@ -201,11 +220,7 @@ def load_splits(config: RecipeConfig) -> Splits:
     else:
         evaluation, rest, eval_name = test, order, "test"
         if config.eval_subset:
-            if config.eval_subset > len(test):
-                raise DataError(f"eval_subset ({config.eval_subset}) exceeds the {len(test)} test images")
             evaluation = test.take(np.sort(stratified_order(test.y, split_seed)[: config.eval_subset]))
     if config.subset:
         rest = rest[: config.subset]
-    if len(rest) == 0:
-        raise DataError(f"val_size ({config.val_size}) leaves no training images of the {len(train)}")
     return Splits(train=train.take(np.sort(rest)), eval=evaluation, eval_name=eval_name)

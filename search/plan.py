@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 
 from recipe.config import RecipeError
@@ -32,8 +33,19 @@ def is_loopback(address: str) -> bool:
         return host == "localhost"
 
 
+# Device files one of which is there wherever torch.cuda can see a GPU: NVIDIA's driver (also in a container
+# given GPUs), WSL2's GPU bridge, AMD's ROCm.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+
+
 def local_gpus() -> int:
-    """The GPUs this machine shows (CUDA_VISIBLE_DEVICES respected): the ones a study's own Ray is given."""
+    """The GPUs this machine shows (CUDA_VISIBLE_DEVICES respected): the ones a study's own Ray is given.
+
+    Without a GPU driver, 0 without importing torch: a study's driver trains nothing itself, and torch
+    costs it seconds of CPU to import.
+    """
+    if not any(os.path.exists(f) for f in GPU_DEVICE_FILES):
+        return 0
     import torch
 
     return torch.cuda.device_count()

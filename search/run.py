@@ -27,7 +27,7 @@ from typing import Any
 from recipe.checkpoint import DiskFullError, human_size, is_disk_full, unwritable_reason
 from recipe.cli import Parser, add_config_flags, fail, given_settings
 from recipe.config import RecipeError
-from recipe.data import load_splits
+from recipe.data import check_data
 from search import lock
 from search import study as studies
 from search.plan import Plan, check_gpus, is_loopback, local_gpus
@@ -158,7 +158,7 @@ def plan(args: argparse.Namespace) -> Plan:
     else:
         spec = with_overrides(spec, args)
         # Missing or malformed data is a one-line error now, not a crash in every trial later.
-        load_splits(spec.trial_config(spec.seed_params()))
+        check_data(spec.trial_config(spec.seed_params()))
     if args.address is None:  # a Ray of the driver's own, given this machine's GPUs (tuning.start_ray)
         check_gpus(spec.resources.gpus, local_gpus(), "this machine")
     if args.address and not is_loopback(args.address) and not args.storage:

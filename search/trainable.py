@@ -21,13 +21,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from ray import tune
 
 from recipe.checkpoint import CheckpointError, atomic_write, is_disk_full
 from recipe.config import RecipeConfig
 from recipe.data import one_line
-from recipe.train import train
 
 CHECKPOINT_FILE = "last.pt"
 RESTARTED = "restarted"  # result key of the first epoch after a restart from epoch 0: why
@@ -42,6 +40,10 @@ def run_recipe(params: dict[str, Any], *, base: dict[str, Any], threads: int, ou
     A re-validation run's params are {"trial_id": n, "seed": s}: trial n's settings (from `settings`) with
     seed s. A final run's may hold a seed; with `out_dir` its run directory is out_dir/seed-<seed>.
     """
+    import torch  # here: the driver imports this module to hand Tune the trainable, and trains nothing itself
+
+    from recipe.train import train
+
     torch.set_num_threads(threads)
     if settings is not None:
         params = {**settings[int(params["trial_id"])], "seed": params["seed"]}

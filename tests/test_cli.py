@@ -473,7 +473,14 @@ def test_search_asking_for_more_gpus_than_this_machine_has_is_one_line_before_ra
                                                                                          monkeypatch, shown, asked, says):
     import torch
 
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: shown)
+    import search.plan
+
+    def not_asked():
+        raise AssertionError("torch asked for GPUs on a machine without a GPU driver")
+
+    # A GPU driver's device file where GPUs are shown; without one, torch is not imported (nor asked) at all.
+    monkeypatch.setattr(search.plan, "GPU_DEVICE_FILES", (str(work),) if shown else (str(work / "nvidiactl"),))
+    monkeypatch.setattr(torch.cuda, "device_count", (lambda: shown) if shown else not_asked)
     result = search_cli(work, capsys, "--study", "smoke", "--gpus", asked)
     assert_usage_error(result, f"--gpus {asked}: {says}")
 

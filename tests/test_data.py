@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from recipe.config import RecipeConfig
-from recipe.data import DataError, load_splits, synthetic
+from recipe.data import DataError, check_data, load_splits, synthetic
 
 from conftest import tiny_config, write_torchvision_cifar100
 
@@ -92,9 +92,19 @@ def test_subsets_are_stratified():
     assert np.all(np.bincount(splits.eval.y, minlength=100) == 3)
 
 
-def test_subset_and_split_larger_than_the_data_is_an_error():
-    with pytest.raises(DataError, match="exceed"):
-        load_splits(tiny_config(subset=9500, val_size=1000))
+@pytest.mark.parametrize("changes, says", [
+    ({"subset": 9500, "val_size": 1000}, r"val_size \(1000\) \+ subset \(9500\) exceed the 10000 training images"),
+    ({"subset": 0, "val_size": 10_000}, r"val_size \(10000\) leaves no training images of the 10000"),
+    ({"val_size": 0, "eval_subset": 2001}, r"eval_subset \(2001\) exceeds the 2000 test images"),
+], ids=["subset and split", "split alone", "test subset"])
+def test_splits_larger_than_the_data_are_an_error_and_checking_synthetic_data_does_not_make_it(changes, says):
+    with pytest.raises(DataError, match=says):
+        load_splits(tiny_config(**changes))
+    synthetic.cache_clear()
+    with pytest.raises(DataError, match=says):  # what a study's driver checks before it starts anything
+        check_data(tiny_config(**changes))
+    check_data(tiny_config())
+    assert synthetic.cache_info().currsize == 0
 
 
 def test_the_split_seed_alone_draws_the_validation_split_and_the_test_subset():
