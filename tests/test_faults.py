@@ -27,7 +27,7 @@ from recipe.train import main as train_main
 from recipe.train import train
 from search import run as search_run
 
-from conftest import REPO, tiny_config, write_torchvision_cifar100
+from conftest import ONE_AT_A_TIME, REPO, tiny_config, write_torchvision_cifar100
 
 TINY_STUDY = str(REPO / "tests" / "studies" / "tiny.toml")
 TIMING = ("epoch_time_s", "images_per_s")
@@ -324,8 +324,8 @@ def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_and_resumes_o
     view = fs.path / "results" / "tiny"
     command = ["nsenter", "-t", str(fs.holder.pid), "-m", "--", sys.executable, "-m", "search.run",
                "--study", TINY_STUDY, "--results-dir", str(results)]
-    proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen([*command, *ONE_AT_A_TIME], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
     filled = None
     try:
         deadline = time.monotonic() + 600
