@@ -12,8 +12,9 @@ synchronisations after untimed warm-up steps (which also compile, where the setu
 torchvision transforms on PIL images in a DataLoader. "eval" is the evaluation pass, in images/s.
 
 The suite measures: the seed's style (classic, fp32, contiguous), classic with the recipe's CUDA
-settings, the model step, fast eager, fast compiled in each torch.compile mode (on a CPU only the
-default mode: the others differ only on a GPU), evaluation, and 1, 2 and 4 processes training at
+settings (on a CPU the same setup as the seed's: its record is that one's, marked "same_as"), the
+model step, fast eager, fast compiled in each torch.compile mode (on a CPU only the default mode:
+the others differ only on a GPU), evaluation, and 1, 2 and 4 processes training at
 once on one device (1 and 2 on a CPU) (Ray's fractional-GPU trials), also under CUDA MPS where
 nvidia-cuda-mps-control exists (the bench starts and stops its own daemon). Every measurement is a
 record of the JSON report, with its setup; one that fails or runs out of time says so and the
@@ -40,7 +41,7 @@ import torch
 from recipe.checkpoint import write_json
 from recipe.cli import Parser, fail, flag, add_config_flags, given_settings
 from recipe.config import RecipeConfig, RecipeError
-from recipe.data import Arrays, synthetic
+from recipe.data import SYNTHETIC_TEST, SYNTHETIC_TRAIN, Arrays, synthetic
 from recipe.engine import DeviceData, LoaderData, evaluate, train_epoch
 from recipe.model import ResNet34
 from recipe.train import amp_dtype, device_name, make_step, resolve_device, tune_backends, use_channels_last
@@ -65,6 +66,11 @@ def _forever(make_epoch: Callable[[], Iterator]) -> Iterator[tuple[torch.Tensor,
 def _repeat(arrays: Arrays, n: int) -> Arrays:
     reps = -(-n // len(arrays))
     return Arrays(arrays.x.repeat(reps, 0)[:n], arrays.y.repeat(reps, 0)[:n]) if n != len(arrays) else arrays
+
+
+def _images(n_train: int = 1, n_test: int = 1) -> tuple[Arrays, Arrays]:
+    """Synthetic CIFAR-shaped images, no more than a measurement uses (all of them take a second of CPU to make)."""
+    return synthetic(min(n_train, SYNTHETIC_TRAIN), min(n_test, SYNTHETIC_TEST))
 
 
 def setup_of(config: RecipeConfig, device: torch.device) -> dict[str, Any]:
@@ -100,13 +106,12 @@ def measure(config: RecipeConfig, path: str, steps: int, warmup: int, *, compile
     record = {"path": path, **setup_of(config, device), "steps": steps, "warmup": warmup}
 
     if path == "eval":
-        _, test = synthetic()
         n_eval = EVAL_IMAGES.get(device.type, EVAL_IMAGES["cpu"])
-        data = DeviceData(_repeat(test, n_eval), device, channels_last)
+        data = DeviceData(_repeat(_images(n_test=n_eval)[1], n_eval), device, channels_last)
         dtype = amp_dtype(config, device)
         passes = lambda n: [evaluate(model, data.eval_batches(4 * config.batch_size), device=device,  # noqa: E731
                                      amp_dtype=dtype) for _ in range(n)]
-        passes(max(warmup, 1))
+        passes(1)  # untimed: it meets every batch shape (evaluation is not compiled)
         barrier()
         _sync(device)
         t0, wall0 = time.perf_counter(), time.time()
@@ -116,8 +121,8 @@ def measure(config: RecipeConfig, path: str, steps: int, warmup: int, *, compile
         return record | {"images": steps * n_eval, "images_per_s": steps * n_eval / seconds,
                          "seconds_per_10k": seconds / steps * 10_000 / n_eval, "t_start": wall0, "t_end": time.time()}
 
-    train, _ = synthetic()
-    arrays = _repeat(train, (steps + warmup) * config.batch_size)  # whole batches only: one shape throughout
+    n_train = (steps + warmup) * config.batch_size
+    arrays = _repeat(_images(n_train=n_train)[0], n_train)  # whole batches only: one shape throughout
     if path == "model-step":
         x0, y0 = next(DeviceData(arrays, device, channels_last).train_batches(config.batch_size, config.erasing_p))
         source: Iterator = itertools.repeat((x0, y0))
@@ -280,9 +285,16 @@ def run_suite(config: RecipeConfig, steps: int, warmup: int, backend: str, timeo
     device = resolve_device(config)
     eager = config.replace(compile="off")
     records = []
+    measured: dict[str, dict[str, Any]] = {}  # by what a measurement runs on this device
     for name, setup, path in suite_plan(config, device):
+        runs = json.dumps([path, setup_of(setup, device)], sort_keys=True)
+        if runs in measured:  # on a CPU the recipe's CUDA settings are the seed's: measuring again measures noise
+            log(f"{name}: the same setup as {measured[runs]['name']} on this device")
+            records.append(measured[runs] | {"name": name, "same_as": measured[runs]["name"]})
+            continue
         log(f"measuring: {name}")
         records.append({"name": name} | in_subprocess(setup, path, steps, warmup, backend, timeout))
+        measured[runs] = records[-1]
     mps = [False, True] if mps_available(device) else [False]
     for use_mps in mps:
         for n in SUITE_CONCURRENCY.get(device.type, SUITE_CONCURRENCY["cpu"]):
@@ -322,6 +334,8 @@ def table(report: dict[str, Any]) -> str:
             note += "; per process " + ", ".join(f"{v:.0f}" for v in r["per_process_images_per_s"])
         if "seconds_per_10k" in r:
             note += f"; {r['seconds_per_10k']:.3f} s per 10,000 images"
+        if "same_as" in r:
+            note += f"; the same setup as {r['same_as']} here: measured once"
         lines.append(f"{_name(r):<40}{r['images_per_s']:>10.0f}{ms:>9}{vs:>15}{comp:>11}  {note}")
     return "\n".join(lines)
 

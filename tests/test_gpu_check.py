@@ -58,6 +58,10 @@ def test_quick_check_benchmarks_every_path_mode_and_concurrency(quick):
                      "fast, eager", "fast, compiled (default)", "evaluation", "1 process at once",
                      "2 processes at once"]
     assert all(r["status"] == "ok" and r["images_per_s"] > 0 for r in report["measurements"])
+    # On a CPU the recipe's CUDA settings (bf16, channels_last) resolve to the seed's setup: measured once.
+    seed, recipe = report["measurements"][:2]
+    assert recipe["same_as"] == seed["name"] and recipe["images_per_s"] == seed["images_per_s"]
+    assert "same_as" not in seed and all("same_as" not in r for r in report["measurements"][2:])
     compiled = report["measurements"][4]
     assert compiled["compile"] == "default" and compiled["compile_s"] >= 0
     assert report["environment"]["device"] == "cpu"
