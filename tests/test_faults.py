@@ -354,11 +354,14 @@ def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_and_resumes_o
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert trials and trials[0].params
     assert not list(view.glob("**/.*.tmp"))
-    # Space freed, the study resumes to its end.
-    resumed = subprocess.run([*command, "--resume"], cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                             timeout=600)
+    # Space freed, the study resumes to the end of its search (the final run after it is test_search_faults's),
+    # and --no-final ends it there: exit 0, the best trial chosen, no final run.
+    resumed = subprocess.run([*command, "--resume", "--no-final"], cwd=REPO, stdin=subprocess.DEVNULL,
+                             capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert resumed.stdout.strip().splitlines()[-1].endswith("% test accuracy (seed 0)"), resumed.stdout[-2000:]
+    best_line, report_line = resumed.stdout.strip().splitlines()[-2:]
+    assert best_line.startswith("best: trial ") and report_line.startswith("report: "), resumed.stdout[-2000:]
+    assert json.loads((view / "best.json").read_text())["trial_id"] in range(3) and not (view / "final").exists()
     shutil.copyfile(view / "optuna.db", tmp_path / "after.db")
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'after.db'}").trials
     assert len(trials) == 3 and all(t.state.is_finished() for t in trials), [t.state for t in trials]
