@@ -148,6 +148,22 @@ def start_ray(p: Plan) -> None:
         # address="local": a new Ray of our own, never one that RAY_ADDRESS or `ray start` left around.
         ray.init(address="local", num_gpus=local_gpus(), include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR", **node_ip)
+        try:
+            check_trials_fit(p.spec, ray.cluster_resources().get("CPU", 0))
+        except RecipeError:
+            ray.shutdown()
+            raise
+
+
+def check_trials_fit(spec: StudySpec, cpus: float) -> None:
+    """One line now where a trial asks for more CPUs than this machine's Ray has, not a study waiting forever.
+
+    (On a cluster, nodes may join later: there Tune's own warning says that trials wait for resources.)
+    """
+    need = spec.resources.cpus_per_trial
+    if need > cpus:
+        raise RecipeError(f"a trial needs {need} CPUs (resources.cpus_per_trial, --cpus-per-trial) but this machine's "
+                          f"Ray has {cpus:g}: no trial could start; ask for at most {cpus:g}")
 
 
 PROBE_TIMEOUT_S = 120  # a worker process to start on a busy head; longer is no refusal

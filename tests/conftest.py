@@ -21,6 +21,7 @@ import optuna
 import psutil
 import pytest
 import torch
+from ray._private.utils import get_num_cpus as ray_cpus  # what ray.init counts; no public API
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
@@ -50,10 +51,11 @@ def pytest_collection_modifyitems(items) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order kept
 
 
-# A new study's flag that has one trial (or re-run) run at a time, on any machine: a trial then takes all of its
-# CPUs. Where a test's claim is not about trials side by side, one worker process (and torch import) instead of
-# one per core, and one sequence of events (a re-run ends before the next starts).
-ONE_AT_A_TIME = ["--cpus-per-trial", str(os.cpu_count() or 1)]
+# A new study's flag that has one trial (or re-run) run at a time, on any machine: a trial then takes all of the
+# CPUs a study's own Ray counts (as Ray counts them: a container's CPU quota, not the host's cores). Where a test's
+# claim is not about trials side by side, one worker process (and torch import) instead of one per core, and one
+# sequence of events (a re-run ends before the next starts).
+ONE_AT_A_TIME = ["--cpus-per-trial", str(max(1, int(ray_cpus())))]
 
 
 def tiny_config(**changes) -> RecipeConfig:

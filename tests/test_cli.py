@@ -8,6 +8,7 @@ case per CLI runs the real `python -m` entry point in a subprocess to show it be
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import fcntl
 import json
@@ -465,6 +466,18 @@ def test_search_with_an_impossible_range_in_the_study_file_names_the_key(work, n
     study.write_text(text.replace(dropout, "[space.dropout]\nlow = 0.6\nhigh = 0.5\n"))
     result = search_cli(work, capsys, "--study", str(study))
     assert_usage_error(result, str(study), "space.dropout", "low must be below high")
+
+
+def test_a_trial_that_needs_more_cpus_than_this_machines_ray_has_is_one_clear_error():
+    from recipe.config import RecipeError
+    from search.tuning import check_trials_fit
+
+    spec = search_study.load("smoke")
+    check_trials_fit(dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, cpus_per_trial=2)), 2)
+    wants_4 = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, cpus_per_trial=4))
+    with pytest.raises(RecipeError, match=r"a trial needs 4 CPUs \(resources.cpus_per_trial, --cpus-per-trial\) but "
+                                          r"this machine's Ray has 2: no trial could start; ask for at most 2"):
+        check_trials_fit(wants_4, 2)
 
 
 @pytest.mark.parametrize("shown, asked, says", [(0, "1", "this machine has 0 GPUs for Ray; ask for at most 0 (0 runs on CPU)"),
