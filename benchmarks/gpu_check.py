@@ -90,7 +90,7 @@ reduction_factor = 2
 
 [resources]
 gpus = 0
-cpus_per_trial = {os.cpu_count() or 1}  # one toy trial at a time, on every core: one worker process, not one per core
+cpus_per_trial = 1
 max_failures = 1
 
 [recipe]
