@@ -16,6 +16,7 @@ import csv
 import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -49,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--gpus", type=int,
                         help="GPUs to use; 0 runs on CPU only (default: the study's, else every GPU Ray sees)")
     parser.add_argument("--trials-per-gpu", type=int, help="trials sharing one GPU (default: the study's)")
-    parser.add_argument("--cpus-per-trial", type=int, help="CPU cores per trial (default: the study's)")
+    parser.add_argument("--cpus-per-trial", type=float,
+                        help="CPU cores per trial, a fraction allowed (0.5: two trials share a core); its torch threads "
+                             "are the whole part, at least 1 (default: the study's)")
     parser.add_argument("--results-dir", default="results", help="where studies' results go (default: results)")
     parser.add_argument("--address", help="join the running Ray cluster at this address (ray start --head prints it)")
     parser.add_argument("--storage", help="where Ray Tune keeps trials and checkpoints: a path every node sees, or a "
@@ -66,7 +69,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-MINIMUMS = {"trials": 1, "gpus": 0, "trials_per_gpu": 1, "cpus_per_trial": 1, "revalidate_top": 0, "final_seeds": 1}
+MINIMUMS = {"trials": 1, "gpus": 0, "trials_per_gpu": 1, "revalidate_top": 0, "final_seeds": 1}
 
 
 def absolute_data_paths(settings: dict[str, Any]) -> dict[str, Any]:
@@ -129,6 +132,8 @@ def plan(args: argparse.Namespace) -> Plan:
         value = getattr(args, name)
         if value is not None and value < low:
             raise RecipeError(f"--{name.replace('_', '-')}: must be >= {low}, got {value}")
+    if args.cpus_per_trial is not None and not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
+        raise RecipeError(f"--cpus-per-trial: must be > 0, got {args.cpus_per_trial:g}")
     spec = studies.load(args.study)
     paths = StudyPaths.of(args.results_dir, spec.name)
     check_writable("--results-dir", args.results_dir, paths.root)

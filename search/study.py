@@ -90,7 +90,7 @@ class Asha:
 class Resources:
     gpus: int | None = None
     trials_per_gpu: int = 4
-    cpus_per_trial: int = 2
+    cpus_per_trial: float = 2  # as Ray's num_cpus: 0.5 lets two trials share a core; threads: its whole part, >= 1
     max_failures: int = 2
 
 
@@ -156,6 +156,10 @@ class StudySpec:
     def revalidation_seed(self) -> int:
         """The seed of every re-validation run: one seed for all, so that the re-runs differ only in their settings."""
         return self.seed + 1
+
+    def trial_threads(self) -> int:
+        """A trial's torch threads: the whole part of its CPUs, at least one (as Ray sets OMP_NUM_THREADS)."""
+        return max(1, int(self.resources.cpus_per_trial))
 
     def rungs(self) -> list[int]:
         """The epochs at which ASHA compares trials (before the horizon)."""
@@ -233,11 +237,12 @@ def validate(spec: StudySpec, where: str) -> None:
                             ("asha.reduction_factor", spec.asha.reduction_factor, 2),
                             ("sampler.n_startup_trials", spec.sampler.n_startup_trials, 0),
                             ("resources.trials_per_gpu", spec.resources.trials_per_gpu, 1),
-                            ("resources.cpus_per_trial", spec.resources.cpus_per_trial, 1),
                             ("resources.max_failures", spec.resources.max_failures, 0),
                             ("selection.revalidate_top", spec.selection.revalidate_top, 0)):
         if value < low:
             raise SpecError(f"{where}: {key} must be >= {low}, got {value!r}")
+    if not (math.isfinite(spec.resources.cpus_per_trial) and spec.resources.cpus_per_trial > 0):
+        raise SpecError(f"{where}: resources.cpus_per_trial must be > 0, got {spec.resources.cpus_per_trial!r}")
     if spec.resources.gpus is not None and spec.resources.gpus < 0:
         raise SpecError(f"{where}: resources.gpus must be >= 0, got {spec.resources.gpus!r}")
     if spec.selection.final_seeds is not None and spec.selection.final_seeds < 1:

@@ -146,8 +146,10 @@ def start_ray(p: Plan) -> None:
             raise
     else:
         # address="local": a new Ray of our own, never one that RAY_ADDRESS or `ray start` left around.
+        # Tune's trial actors carry a runtime_env (its env_vars), so Ray starts their worker processes afresh: the
+        # ones it would prestart for this driver (a Python each that imports Ray) would never be used.
         ray.init(address="local", num_gpus=local_gpus(), include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", **node_ip)
+                 logging_level="ERROR", _system_config={"prestart_worker_first_driver": False}, **node_ip)
         try:
             check_trials_fit(p.spec, ray.cluster_resources().get("CPU", 0))
         except RecipeError:
@@ -162,7 +164,7 @@ def check_trials_fit(spec: StudySpec, cpus: float) -> None:
     """
     need = spec.resources.cpus_per_trial
     if need > cpus:
-        raise RecipeError(f"a trial needs {need} CPUs (resources.cpus_per_trial, --cpus-per-trial) but this machine's "
+        raise RecipeError(f"a trial needs {need:g} CPUs (resources.cpus_per_trial, --cpus-per-trial) but this machine's "
                           f"Ray has {cpus:g}: no trial could start; ask for at most {cpus:g}")
 
 
@@ -260,7 +262,7 @@ def concurrency(spec: StudySpec, gpus: int) -> int:
     A trial Tune starts but cannot place would still hold a RUNNING Optuna trial, and TPE
     would sample further ahead of its results than it needs to.
     """
-    by_cpu = max(1, int(ray.cluster_resources().get("CPU", 1)) // spec.resources.cpus_per_trial)
+    by_cpu = max(1, int(ray.cluster_resources().get("CPU", 1) // spec.resources.cpus_per_trial))
     return min(gpus * spec.resources.trials_per_gpu, by_cpu) if gpus else by_cpu
 
 
@@ -393,7 +395,7 @@ def search(p: Plan, gpus: int) -> None:
     experiment = f"{p.storage}/tune"
     trainable = tune.with_resources(
         tune.with_parameters(run_recipe, base=base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus),
-                             threads=spec.resources.cpus_per_trial),
+                             threads=spec.trial_threads()),
         resources(spec, gpus),
     )
     if p.resume and tune.Tuner.can_restore(experiment):
@@ -531,7 +533,7 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study) -> dict[str, Any] | None
     seed = spec.revalidation_seed()
     trainable = tune.with_resources(
         tune.with_parameters(run_recipe, base=base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus),
-                             threads=spec.resources.cpus_per_trial,
+                             threads=spec.trial_threads(),
                              settings={t.number: {k: t.params[k] for k in SEARCHED} for t in top}),
         resources(spec, gpus),
     )
@@ -576,7 +578,7 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
     local = p.address is None
     config = best["final_config"]
     trainable = tune.with_resources(
-        tune.with_parameters(run_recipe, base=base_config(config, gpus), threads=spec.resources.cpus_per_trial,
+        tune.with_parameters(run_recipe, base=base_config(config, gpus), threads=spec.trial_threads(),
                              out_dir=str(paths.final) if local else None, final=True),
         resources(spec, gpus, final=True),
     )

@@ -51,11 +51,13 @@ def pytest_collection_modifyitems(items) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's own order kept
 
 
-# A new study's flag that has one trial (or re-run) run at a time, on any machine: a trial then takes all of the
-# CPUs a study's own Ray counts (as Ray counts them: a container's CPU quota, not the host's cores). Where a test's
-# claim is not about trials side by side, one worker process (and torch import) instead of one per core, and one
-# sequence of events (a re-run ends before the next starts).
-ONE_AT_A_TIME = ["--cpus-per-trial", str(max(1, int(ray_cpus())))]
+# A new study's flag that has one trial (or re-run) run at a time, on any machine: a trial then takes more than half
+# of the CPUs a study's own Ray counts (as Ray counts them: a container's CPU quota, not the host's cores), and
+# trains on their whole part (on 2 cores: 1.5 CPUs, one thread; two threads of such a small network are slower
+# than one, and take the cores pytest-xdist's other worker needs). Where a test's claim is not about trials side by
+# side, one worker process (and torch import) instead of one per core, and one sequence of events (a re-run ends
+# before the next starts).
+ONE_AT_A_TIME = ["--cpus-per-trial", f"{max(1, int(ray_cpus())) / 2 + 0.5:g}"]
 
 
 def tiny_config(**changes) -> RecipeConfig:

@@ -510,7 +510,8 @@ def test_search_with_a_missing_npz_fails_before_any_trial(work, no_ray, capsys):
 
 
 @pytest.mark.parametrize("flag, value, says", [("--trials", "0", "must be >= 1"), ("--final-seeds", "0", "must be >= 1"),
-                                               ("--revalidate-top", "-1", "must be >= 0")])
+                                               ("--revalidate-top", "-1", "must be >= 0"),
+                                               ("--cpus-per-trial", "0", "must be > 0")])
 def test_search_with_too_few_trials_seeds_or_re_validated_trials_is_refused(work, no_ray, capsys, flag, value, says):
     result = search_cli(work, capsys, "--study", "smoke", flag, value)
     assert_usage_error(result, f"{flag}: {says}", f"got {value}")

@@ -19,7 +19,7 @@ HEAD = """
 import os, sys
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 import ray
-ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+ray.init(num_cpus=0, include_dashboard=False, _node_ip_address="127.0.0.1")  # the study is refused first
 print(ray.get_runtime_context().gcs_address, flush=True)
 sys.stdin.read()
 """
@@ -69,7 +69,8 @@ import psutil
 from ray.cluster_utils import Cluster
 
 # A node whose raylet stops answering is declared dead after ~5 s rather than Ray's ~30 s.
-health = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000, "health_check_failure_threshold": 3}
+health = {"health_check_period_ms": 1000, "health_check_timeout_ms": 2000, "health_check_failure_threshold": 3,
+          "prestart_worker_first_driver": False}  # (and no idle worker processes: trials start their own)
 cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "node_ip_address": "127.0.0.1",
                                                         "include_dashboard": False, "_system_config": health})
 workers = [cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1") for _ in range(2)]

@@ -106,7 +106,7 @@ def test_two_final_runs_train_the_chosen_settings_with_seeds_0_and_1_on_the_whol
         run = final / f"seed-{seed}"
         summary = json.loads((run / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["epochs_run"] == 4
-        assert summary["eval_set"] == "test" and summary["train_images"] == 600
+        assert summary["eval_set"] == "test" and summary["train_images"] == SPEC.final["subset"]
         config = json.loads((run / "config.json").read_text())
         # Another seed of initialisation, order and augmentation; the same images.
         assert config == best["final_config"] | {"device": "cpu", "seed": seed, "split_seed": 0}

@@ -34,8 +34,8 @@ def test_trial_and_final_configs_take_their_own_overrides():
     params = {"lr": 0.3, "weight_decay": 1e-4, "dropout": 0.1, "label_smoothing": 0.0}
     trial, final = spec.trial_config(params), spec.final_config(params)
     assert (trial.lr, trial.epochs, trial.val_size, trial.subset) == (0.3, 4, 200, 500)
-    assert (final.lr, final.epochs, final.val_size, final.subset) == (0.3, 4, 0, 600)
-    assert trial.width == final.width == 8 and trial.seed == final.seed == spec.seed
+    assert (final.lr, final.epochs, final.val_size, final.subset) == (0.3, 4, 0, 400)
+    assert trial.width == final.width == 4 and trial.seed == final.seed == spec.seed
 
 
 @pytest.mark.parametrize(
@@ -49,13 +49,15 @@ def test_trial_and_final_configs_take_their_own_overrides():
         (("[space.dropout]", "[space.momentum]"), "missing \\[space.dropout\\]"),
         (("metric = \"eval_acc\"", "metric = \"test_acc\""), "objective.metric must be one of"),
         (("val_size = 200", "val_size = 0"), r"\[trial\] val_size must be > 0"),
-        (("width = 8", "width = 8\nlr = 0.2"), r"\[recipe\] sets lr, which the search chooses"),
-        (("width = 8", "width = -8"), r"\[recipe\] width: must be >= 1"),
+        (("width = 4", "width = 4\nlr = 0.2"), r"\[recipe\] sets lr, which the search chooses"),
+        (("width = 4", "width = -4"), r"\[recipe\] width: must be >= 1"),
         (("[trial]", "[trial]\nepochs = 3"), r"\[trial\] sets epochs"),
         (("horizon = 4", "horizon = \"four\""), "asha.horizon must be int"),
         (("grace_period = 1", "grace_period = 9"), "grace_period .9. must not exceed asha.horizon"),
         (("trials = 8", "trials = 0"), "trials must be >= 1"),
         (("revalidate_top = 2", "revalidate_top = -1"), "selection.revalidate_top must be >= 0"),
+        (("cpus_per_trial = 1", "cpus_per_trial = 0"), "resources.cpus_per_trial must be > 0, got 0.0"),
+        (("cpus_per_trial = 1", "cpus_per_trial = \"one\""), "resources.cpus_per_trial must be float"),
         (("revalidate_top = 2", "revalidate_top = 2\nseeds = 3"), r"\[selection\] has unknown key 'seeds'"),
         (("epochs = 4", "epochs = 4\nseeds = 0"), "final.seeds must be >= 1"),
         (("epochs = 4", "epochs = 4\nseeds = 1.5"), "final.seeds must be int"),
@@ -91,6 +93,18 @@ def test_replacing_settings_revalidates():
         spec.replace(trials=0)
     with pytest.raises(SpecError, match="resources.trials_per_gpu must be >= 1"):
         spec.replace(resources=dataclasses.replace(spec.resources, trials_per_gpu=0))
+
+
+@pytest.mark.parametrize("cpus, threads, at_once", [(1, 1, 4), (2, 2, 2), (0.5, 1, 8), (1.5, 1, 2), (2.5, 2, 1)])
+def test_cpus_per_trial_may_be_a_fraction_as_rays_and_a_trials_threads_are_its_whole_part(tmp_path, monkeypatch, cpus,
+                                                                                          threads, at_once):
+    from search import tuning
+
+    spec = studies.load(write(tmp_path, SMOKE.replace("cpus_per_trial = 1", f"cpus_per_trial = {cpus}", 1)))
+    assert spec.resources.cpus_per_trial == cpus and spec.trial_threads() == threads
+    assert tuning.resources(spec, gpus=0) == {"cpu": cpus, "gpu": 0.0}
+    monkeypatch.setattr(tuning.ray, "cluster_resources", lambda: {"CPU": 4.0})
+    assert tuning.concurrency(spec, gpus=0) == at_once
 
 
 def test_selection_re_validates_the_top_trials_and_final_seeds_follow_the_gpus(tmp_path):
