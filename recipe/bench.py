@@ -2,7 +2,7 @@
 
     python -m recipe.bench [SETUP] [--paths model-step,fast,classic,eval]   the paths, in this process
     python -m recipe.bench [SETUP] --concurrent N         N processes training at once on one device
-    python -m recipe.bench --suite                        everything below, each in its own process
+    python -m recipe.bench --suite                        everything below (on a GPU each in its own process)
 
 Each training path runs the trainer's own step (engine.TrainStep: forward, loss, backward,
 clipping, SGD, OneCycle) on synthetic CIFAR-shaped data, timed between two device
@@ -192,6 +192,18 @@ def in_subprocess(config: RecipeConfig, path: str, steps: int, warmup: int, back
         return _read_child(out) | {"status": "ok"}
 
 
+def in_this_process(config: RecipeConfig, path: str, steps: int, warmup: int, backend: str) -> dict[str, Any]:
+    """One measurement here, where the device is a CPU: there is no device memory or CUDA context to keep apart,
+    and a process of its own would cost more than the measurement (a Python that imports torch). Dynamo's caches
+    start afresh for a compiled one. A measurement that fails is a record that says so."""
+    if config.compile != "off":
+        torch._dynamo.reset()
+    try:
+        return measure(config, path, steps, warmup, compile_backend=backend) | {"status": "ok"}
+    except Exception as e:
+        return {"path": path, **_setup_dict(config), "status": f"failed: {type(e).__name__}: {e}"}
+
+
 def _setup_dict(config: RecipeConfig) -> dict[str, Any]:
     return setup_of(config, resolve_device(config))
 
@@ -293,7 +305,10 @@ def run_suite(config: RecipeConfig, steps: int, warmup: int, backend: str, timeo
             records.append(measured[runs] | {"name": name, "same_as": measured[runs]["name"]})
             continue
         log(f"measuring: {name}")
-        records.append({"name": name} | in_subprocess(setup, path, steps, warmup, backend, timeout))
+        if device.type == "cuda":
+            records.append({"name": name} | in_subprocess(setup, path, steps, warmup, backend, timeout))
+        else:
+            records.append({"name": name} | in_this_process(setup, path, steps, warmup, backend))
         measured[runs] = records[-1]
     mps = [False, True] if mps_available(device) else [False]
     for use_mps in mps:
@@ -366,12 +381,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, metavar="N",
                         help="N processes training the fast path at once on the device (and under CUDA MPS too, where "
                              "it exists): aggregate and per-process images/s")
-    parser.add_argument("--suite", action="store_true", help="every measurement, each in its own process (see above)")
+    parser.add_argument("--suite", action="store_true",
+                        help="every measurement, on a GPU each in its own process (see above)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per path (default: 100 on CUDA, 10 on CPU)")
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed steps first, which also compile (default: 20 on CUDA, 2 on CPU)")
     parser.add_argument("--timeout", type=float, default=180.0,
-                        help="seconds each process of --suite or --concurrent may take (default: 180)")
+                        help="seconds each process of --suite (on a GPU) or --concurrent may take (default: 180)")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile's backend where the setup compiles (default: inductor; the modes apply to it)")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")

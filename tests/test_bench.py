@@ -142,3 +142,30 @@ def test_bench_json_into_an_unwritable_path_is_one_line_and_exit_2(tmp_path, cap
     code, out, err = call([*TINY, "--steps", "1", "--warmup", "0", "--json", str(target)], capsys)
     assert_usage_error(code, out, err, str(target))
     assert (tmp_path / "a-file").read_text() == "not a directory\n"
+
+
+def test_on_a_gpu_each_suite_measurement_has_a_process_of_its_own_within_its_timeout():
+    # The suite's path on a GPU, here on the CPU: the same measurement, run as a child `python -m recipe.bench`.
+    from recipe import bench
+    from recipe.config import RecipeConfig
+
+    config = RecipeConfig.from_dict({"device": "cpu", "width": 4, "batch_size": 16, "workers": 0})
+    record = bench.in_subprocess(config, "model-step", 2, 1, "eager", timeout=300)
+    assert record["status"] == "ok" and record["path"] == "model-step" and record["images"] == 2 * 16
+    assert record["images_per_s"] > 0 and (record["width"], record["batch_size"]) == (4, 16)
+    late = bench.in_subprocess(config, "model-step", 2, 1, "eager", timeout=0.01)
+    assert late["status"] == "timed out after 0 s" and late["path"] == "model-step" and "images_per_s" not in late
+
+
+def test_on_a_cpu_a_suite_measurement_that_fails_is_a_record_saying_why(monkeypatch):
+    from recipe import bench
+    from recipe.config import RecipeConfig
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(bench, "measure", broken)
+    config = RecipeConfig.from_dict({"device": "cpu", "width": 4})
+    record = bench.in_this_process(config, "fast", 2, 1, "eager")
+    assert record == {"path": "fast", **bench.setup_of(config, torch.device("cpu")),
+                      "status": "failed: RuntimeError: out of memory"}
