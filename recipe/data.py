@@ -66,10 +66,20 @@ def synthetic(n_train: int = SYNTHETIC_TRAIN, n_test: int = SYNTHETIC_TEST) -> t
         rng.shuffle(y)
         contrast = rng.uniform(0.5, 1.0, size=(n, 1, 1, 1)).astype(np.float32)
         brightness = rng.uniform(-0.15, 0.15, size=(n, 1, 1, 1)).astype(np.float32)
-        img = rng.standard_normal(size=(n, 32, 32, 3), dtype=np.float32)
-        img *= 0.1
-        img += 0.5 + brightness + contrast * (templates[y] - 0.5)
-        x = np.clip(np.rint(img * 255), 0, 255).astype(np.uint8)
+        noise = rng.standard_normal(size=(n, 32, 32, 3), dtype=np.float32)
+        noise *= 0.1
+        # noise + 0.5 + brightness + contrast * (template - 0.5), as 0..255, a few hundred images at a time: the same
+        # figures as whole arrays at once, in a third of the time (no temporaries of every image).
+        x = np.empty((n, 32, 32, 3), dtype=np.uint8)
+        for lo in range(0, n, 256):
+            part = slice(lo, lo + 256)
+            img = templates[y[part]]
+            img -= 0.5
+            img *= contrast[part]
+            img += 0.5 + brightness[part]
+            img += noise[part]
+            img *= 255
+            x[part] = np.clip(np.rint(img, out=img), 0, 255, out=img)
         y = y.astype(np.int64)
         x.flags.writeable = y.flags.writeable = False  # cached: shared by every caller
         return Arrays(x, y)
