@@ -40,7 +40,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 # The files that run whole studies go first, longest first, so that no pytest-xdist worker starts one last.
 # xdist hands each worker two files at the start (the first and the third to one, the second and the fourth to
-# the other): measured in the suite, about 185 s, 165 s, 115 s and 110 s. (A worker per core: with two per
+# the other): measured in the suite, about 120 s, 150 s, 90 s and 95 s. (A worker per core: with two per
 # core, 4 on 2 cores, the suite took 651 s instead of 571 s, the studies' processes fighting for the cores.)
 SLOWEST_FIRST = ("test_search_e2e.py", "test_search_faults.py", "test_gpu_check.py", "test_faults.py",
                  "test_search_cluster.py")
