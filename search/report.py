@@ -243,8 +243,8 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
-def plural(n: int, word: str) -> str:
-    return f"{n} {word}{'s' if n != 1 else ''}"
+def plural(n: float, word: str) -> str:
+    return f"{n:g} {word}{'s' if n != 1 else ''}" if isinstance(n, float) else f"{n} {word}{'s' if n != 1 else ''}"
 
 
 def fmt_param(value: float) -> str:
@@ -505,8 +505,7 @@ def spec_html(spec: StudySpec) -> str:
         ("sampler", f"TPE, {s.n_startup_trials} random startup trials, multivariate {s.multivariate}, "
                     f"constant liar {s.constant_liar}"),
         ("resources", f"GPUs {'all' if r.gpus is None else r.gpus}, {r.trials_per_gpu} trials per GPU, "
-                      f"{r.cpus_per_trial:g} CPU{'s' if r.cpus_per_trial != 1 else ''} per trial, "
-                      f"retries of a crashed trial: {r.max_failures}"),
+                      f"{plural(r.cpus_per_trial, 'CPU')} per trial, retries of a crashed trial: {r.max_failures}"),
         ("recipe overrides", overrides),
     ]
     rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items)

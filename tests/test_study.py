@@ -105,6 +105,9 @@ def test_cpus_per_trial_may_be_a_fraction_as_rays_and_a_trials_threads_are_its_w
     assert tuning.resources(spec, gpus=0) == {"cpu": cpus, "gpu": 0.0}
     monkeypatch.setattr(tuning.ray, "cluster_resources", lambda: {"CPU": 4.0})
     assert tuning.concurrency(spec, gpus=0) == at_once
+    from search.report import spec_html
+
+    assert f"{cpus:g} CPU{'s' * (cpus != 1)} per trial" in spec_html(spec)  # the report's record of the study
 
 
 def test_selection_re_validates_the_top_trials_and_final_seeds_follow_the_gpus(tmp_path):
