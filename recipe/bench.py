@@ -103,7 +103,8 @@ def measure(config: RecipeConfig, path: str, steps: int, warmup: int, *, compile
     model = ResNet34(width=config.width, dropout=config.dropout).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    record = {"path": path, **setup_of(config, device), "steps": steps, "warmup": warmup}
+    record = {"path": path, **setup_of(config, device), "steps": steps, "warmup": warmup,
+              "threads": torch.get_num_threads()}
 
     if path == "eval":
         n_eval = EVAL_IMAGES.get(device.type, EVAL_IMAGES["cpu"])
@@ -233,16 +234,19 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
     """n processes training the fast path at once on one device: aggregate and per-process images/s.
 
     The processes warm up, wait for each other, then run their timed steps together; the aggregate is
-    all their images over the time from the first start to the last end.
+    all their images over the time from the first start to the last end. Each process gets its share of
+    this one's CPU threads (at least one), as a study's trials each get their part of the CPUs: n processes
+    of all the threads each fight over the cores (on 2 cores, 2 such processes ran 100x slower).
     """
+    threads = max(1, torch.get_num_threads() // n)
     record: dict[str, Any] = {"path": "fast", **_setup_dict(config), "processes": n, "mps": mps}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         go = root / "go"
-        env = None
+        env = os.environ | {"OMP_NUM_THREADS": str(threads)}  # torch's threads in each process
         if mps:
             try:
-                env = stack.enter_context(MpsDaemon(root)).env
+                env |= stack.enter_context(MpsDaemon(root)).env
             except (OSError, subprocess.SubprocessError) as e:
                 return record | {"status": f"failed: could not start the MPS daemon ({e})"}
         procs: list[subprocess.Popen] = []
@@ -273,6 +277,7 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
     images = sum(p["images"] for p in parts)
     return record | {"status": "ok", "images": images, "images_per_s": images / span,
                      "per_process_images_per_s": [p["images_per_s"] for p in parts],
+                     "per_process_threads": [p["threads"] for p in parts],
                      "ms_per_step": sum(p["ms_per_step"] for p in parts) / n, "steps": steps, "warmup": warmup}
 
 
@@ -347,6 +352,8 @@ def table(report: dict[str, Any]) -> str:
         note = setup
         if "per_process_images_per_s" in r:
             note += "; per process " + ", ".join(f"{v:.0f}" for v in r["per_process_images_per_s"])
+            threads = r["per_process_threads"][0]
+            note += f" ({threads} thread{'s' * (threads != 1)} each)"
         if "seconds_per_10k" in r:
             note += f"; {r['seconds_per_10k']:.3f} s per 10,000 images"
         if "same_as" in r:
@@ -380,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated paths to measure, of {', '.join(PATHS)} (default: model-step,fast,classic)")
     parser.add_argument("--concurrent", type=int, metavar="N",
                         help="N processes training the fast path at once on the device (and under CUDA MPS too, where "
-                             "it exists): aggregate and per-process images/s")
+                             "it exists), each on its share of the CPU threads: aggregate and per-process images/s")
     parser.add_argument("--suite", action="store_true",
                         help="every measurement, on a GPU each in its own process (see above)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per path (default: 100 on CUDA, 10 on CPU)")

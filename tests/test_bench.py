@@ -73,14 +73,21 @@ def test_bench_table_shows_the_figures_of_the_json(bench):
 
 def test_bench_concurrent_processes_report_the_aggregate_and_each_process(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code, stdout, err = call([*TINY, "--steps", "3", "--warmup", "1", "--concurrent", "2", "--json", str(out)], capsys)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)  # the bench's own threads, shared out: 2 processes train on 2 each
+    try:
+        code, stdout, err = call([*TINY, "--steps", "3", "--warmup", "1", "--concurrent", "2", "--json", str(out)],
+                                 capsys)
+    finally:
+        torch.set_num_threads(threads)
     assert code == 0, err
     [record] = json.loads(out.read_text())["measurements"]  # no CUDA MPS on a CPU
     assert record["status"] == "ok" and record["processes"] == 2 and record["mps"] is False
     assert len(record["per_process_images_per_s"]) == 2 and record["images"] == 2 * 3 * 16
     # The aggregate spans from the first process's start to the last one's end: no more than their sum.
     assert 0 < record["images_per_s"] <= sum(record["per_process_images_per_s"]) * 1.0001
-    assert "per process" in stdout
+    assert record["per_process_threads"] == [2, 2]
+    assert "per process" in stdout and "(2 threads each)" in stdout
 
 
 def call(argv: list[str], capsys) -> tuple[int | None, str, str]:
