@@ -47,6 +47,7 @@ class Sizes:
         self.run = ["--device", "cpu", "--width", "4", "--subset", "512", "--eval-subset", "256", "--batch-size", "32",
                     "--workers", "0"] if quick else []
         self.train_images = 512 if quick else None  # None: the whole training set
+        self.run_seconds = 2.0 if quick else None  # None: --run-seconds; 2 s at toy size: the fewest epochs, 3
         self.min_epochs = 3  # the kill comes after epoch N-2 >= 1
 
 
@@ -385,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     bench = bench_step(out, sizes, timeout=600)
     print(f"    {bench['status']} ({bench['seconds']:.0f} s)", flush=True)
     print("2/3 the seed recipe on the data, killed and resumed ...", flush=True)
-    run = run_step(out, data, sizes, 10.0 if args.quick else args.run_seconds, fast_eager_images_per_s(bench),
+    run = run_step(out, data, sizes, sizes.run_seconds or args.run_seconds, fast_eager_images_per_s(bench),
                    timeout=3 * args.run_seconds + 300)
     print(f"    {run['status']}", flush=True)
     print("3/3 a miniature study ...", flush=True)
