@@ -176,3 +176,27 @@ def test_on_a_cpu_a_suite_measurement_that_fails_is_a_record_saying_why(monkeypa
     record = bench.in_this_process(config, "fast", 2, 1, "eager")
     assert record == {"path": "fast", **bench.setup_of(config, torch.device("cpu")),
                       "status": "failed: RuntimeError: out of memory"}
+
+
+@pytest.mark.parametrize("channels_last, same", [("auto", True), ("on", False)], ids=["auto", "on"])
+def test_a_suite_setup_the_device_resolves_to_one_measured_already_is_measured_once(monkeypatch, channels_last, same):
+    # On a CPU the recipe's CUDA settings resolve to off (bf16, and channels_last unless asked for): the seed's setup.
+    from recipe import bench
+    from recipe.config import RecipeConfig
+
+    measured = []
+
+    def fake(setup, path, *args, **kwargs):
+        measured.append(path)
+        return {"path": path, **bench.setup_of(setup, torch.device("cpu")), "status": "ok", "images_per_s": 1.0 + len(measured)}
+
+    monkeypatch.setattr(bench, "in_this_process", fake)
+    monkeypatch.setattr(bench, "concurrent", lambda *args, **kwargs: {"path": "fast", "status": "ok", "images_per_s": 1.0})
+    config = RecipeConfig.from_dict({"device": "cpu", "width": 4, "channels_last": channels_last})
+    seed, recipe = bench.run_suite(config, 1, 0, "eager", 10, log=lambda message: None)[:2]
+    assert (seed["name"], recipe["name"]) == ("seed style: classic, fp32, contiguous", "classic, recipe settings")
+    assert not seed["channels_last"] and recipe["channels_last"] == (not same)
+    if same:
+        assert recipe == seed | {"name": recipe["name"], "same_as": seed["name"]} and measured.count("classic") == 1
+    else:
+        assert "same_as" not in recipe and recipe["images_per_s"] != seed["images_per_s"] and measured.count("classic") == 2
