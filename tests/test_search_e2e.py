@@ -19,6 +19,11 @@ def optuna_trials(run):
     return read_trials(run.root / "optuna.db")
 
 
+def better(value: float) -> float:
+    """A sort key that puts the better value of the study's objective first (the smoke study minimises its loss)."""
+    return -value if SPEC.mode == "max" else value
+
+
 def test_the_smoke_study_runs_to_the_end(smoke_study):
     assert smoke_study.returncode == 0, smoke_study.stderr[-3000:]
     for name in ("optuna.db", "revalidation.json", "best.json", "trials.csv", "spec.json", "report.html",
@@ -33,9 +38,11 @@ def revalidation(run):
 def test_the_two_best_complete_trials_are_re_validated_with_another_seed_and_the_best_mean_chosen(smoke_study):
     record = revalidation(smoke_study)
     complete = sorted((t for t in optuna_trials(smoke_study) if t.state == TrialState.COMPLETE),
-                      key=lambda t: (-t.value, t.number))
+                      key=lambda t: (better(t.value), t.number))
+    # Two, where ASHA let two run to the end (it did with every kernel set tried: 2 to 6 complete); at least trial 0,
+    # the first at every rung when trials run one at a time.
     top = complete[:SPEC.selection.revalidate_top]
-    assert len(top) == 2, "the smoke study has at least two complete trials to re-validate"
+    assert SPEC.selection.revalidate_top == 2 and 1 <= len(top) == min(2, len(complete))
     assert [r["trial_id"] for r in record["trials"]] == [t.number for t in top]
     assert [(r["trial_id"], r["seed"], r["status"], r["epochs"]) for r in record["runs"]] == [
         (t.number, SPEC.seed + 1, "completed", SPEC.asha.horizon) for t in top]
@@ -43,7 +50,7 @@ def test_the_two_best_complete_trials_are_re_validated_with_another_seed_and_the
         again = next(x["value"] for x in record["runs"] if x["trial_id"] == t.number)
         assert r["values"] == [t.value, again] and r["mean_value"] == pytest.approx((t.value + again) / 2)
     # The best mean; a tie goes to the trial the search ranked higher.
-    chosen = max(record["trials"], key=lambda r: (r["mean_value"], -record["trials"].index(r)))
+    chosen = min(record["trials"], key=lambda r: (better(r["mean_value"]), record["trials"].index(r)))
     assert record["chosen"] == chosen["trial_id"] and record["best_single"] == top[0].number
     assert record["changed"] == (chosen["trial_id"] != top[0].number)
     assert "re-validation of trial" in smoke_study.stdout and "re-validation: trial" in smoke_study.stdout

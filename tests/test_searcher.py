@@ -11,7 +11,7 @@ from search.searcher import FailureReasons, StudySearcher, fail_running
 
 @pytest.fixture
 def setup(tmp_path):
-    spec = studies.load("smoke")  # horizon 4
+    spec = studies.load("smoke").replace(metric="eval_acc")  # horizon 4; results here carry eval_acc
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     searcher = StudySearcher(spec, optuna.storages.RDBStorage(url))
     reopen = lambda: optuna.load_study(study_name=spec.name, storage=url)  # noqa: E731

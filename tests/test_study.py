@@ -33,8 +33,8 @@ def test_trial_and_final_configs_take_their_own_overrides():
     spec = studies.load("smoke")
     params = {"lr": 0.3, "weight_decay": 1e-4, "dropout": 0.1, "label_smoothing": 0.0}
     trial, final = spec.trial_config(params), spec.final_config(params)
-    assert (trial.lr, trial.epochs, trial.val_size, trial.subset) == (0.3, 4, 200, 500)
-    assert (final.lr, final.epochs, final.val_size, final.subset) == (0.3, 4, 0, 400)
+    assert (trial.lr, trial.epochs, trial.val_size, trial.subset) == (0.3, 4, 128, 256)
+    assert (final.lr, final.epochs, final.val_size, final.subset) == (0.3, 4, 0, 256)
     assert trial.width == final.width == 4 and trial.seed == final.seed == spec.seed
 
 
@@ -47,8 +47,8 @@ def test_trial_and_final_configs_take_their_own_overrides():
         (("low = 0.02\nhigh = 0.8", "low = 0.0\nhigh = 0.8"), "space.lr: a log scale needs low > 0"),
         (("low = 1e-5\nhigh = 5e-3", "low = 1e-3\nhigh = 5e-3"), r"space.weight_decay: \[0.001, 0.005\] must contain"),
         (("[space.dropout]", "[space.momentum]"), "missing \\[space.dropout\\]"),
-        (("metric = \"eval_acc\"", "metric = \"test_acc\""), "objective.metric must be one of"),
-        (("val_size = 200", "val_size = 0"), r"\[trial\] val_size must be > 0"),
+        (("metric = \"eval_loss\"", "metric = \"test_acc\""), "objective.metric must be one of"),
+        (("val_size = 128", "val_size = 0"), r"\[trial\] val_size must be > 0"),
         (("width = 4", "width = 4\nlr = 0.2"), r"\[recipe\] sets lr, which the search chooses"),
         (("width = 4", "width = -4"), r"\[recipe\] width: must be >= 1"),
         (("[trial]", "[trial]\nepochs = 3"), r"\[trial\] sets epochs"),
@@ -62,7 +62,7 @@ def test_trial_and_final_configs_take_their_own_overrides():
         (("epochs = 4", "epochs = 4\nseeds = 0"), "final.seeds must be >= 1"),
         (("epochs = 4", "epochs = 4\nseeds = 1.5"), "final.seeds must be int"),
         (("epochs = 4", "epochs = 4\nseed = 3"), r"\[final\] sets seed; every run of a study is seeded by"),
-        (("val_size = 200", "val_size = 200\nsplit_seed = 3"), r"\[trial\] sets split_seed"),
+        (("val_size = 128", "val_size = 128\nsplit_seed = 3"), r"\[trial\] sets split_seed"),
     ],
 )
 def test_a_bad_study_file_is_one_clear_error(tmp_path, edit, message):
