@@ -71,6 +71,12 @@ class Objective:
     def better(self) -> str:
         return "higher" if self.mode == "max" else "lower"
 
+    @property
+    def axis(self) -> dict[str, Any]:
+        """The value axis of the figures that show every trial: a loss on a log scale, where a trial whose
+        learning rate diverges (a loss of thousands) leaves the others' differences (hundredths) visible."""
+        return dict(title_text=self.label, type="log" if self.metric == "eval_loss" else "linear")
+
     def fmt(self, value: float | None) -> str:
         if value is None or not math.isfinite(value):
             return "n/a"
@@ -309,7 +315,7 @@ def history_figure(trials: Sequence[FrozenTrial], objective: Objective, horizon:
         return None
     fig.update_layout(title="Optimisation history", height=430, legend=dict(orientation="h", y=-0.2))
     fig.update_xaxes(title_text="trial number", rangemode="tozero", **integer_ticks(max(t.number for t in trials)))
-    fig.update_yaxes(title_text=objective.label)
+    fig.update_yaxes(**objective.axis)
     return fig
 
 
@@ -346,7 +352,7 @@ def curves_figure(trials: Sequence[FrozenTrial], objective: Objective, rungs: Se
                       annotation_position="top")
     fig.update_layout(title="Learning curves of every trial", height=480, legend=dict(orientation="h", y=-0.2))
     fig.update_xaxes(title_text="epoch", range=[0.5, horizon + 0.5], **integer_ticks(horizon))
-    fig.update_yaxes(title_text=objective.label)
+    fig.update_yaxes(**objective.axis)
     return fig
 
 

@@ -179,6 +179,19 @@ def test_minimised_loss_picks_the_lowest_and_is_shown_in_nats(tmp_path):
     assert "validation loss (nats)" in page
 
 
+@pytest.mark.parametrize("metric, scale", [("eval_loss", "log"), ("eval_acc", "linear")])
+def test_every_trials_values_are_drawn_on_a_log_axis_where_they_are_losses(tmp_path, metric, scale):
+    # A diverged trial's loss (thousands) beside the others' (hundredths apart): on a log axis both can be read.
+    trials = [FakeTrial("complete", [4.7, 4.65, 4.62, 4.61]), FakeTrial("pruned", [6158.7]),
+              FakeTrial("complete", [4.8, 4.7, 4.66, 4.64])]
+    paths = make_study(tmp_path, "scales", trials, finished=True, final=None, metric=metric)
+    spec = paths.load_spec()
+    study, objective = report.open_study(paths, spec), report.Objective(spec.metric, spec.mode)
+    for fig in (report.history_figure(study.trials, objective, spec.asha.horizon),
+                report.curves_figure(study.trials, objective, spec.rungs(), spec.asha.horizon, best=None)):
+        assert fig.layout.yaxis.type == scale and fig.layout.yaxis.title.text == objective.label
+
+
 # ---- the figures --------------------------------------------------------------------------------
 
 def test_plotlyjs_is_embedded_exactly_once_and_nothing_is_loaded_from_the_network(finished):
