@@ -236,7 +236,7 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
     The processes warm up, wait for each other, then run their timed steps together; the aggregate is
     all their images over the time from the first start to the last end. Each process gets its share of
     this one's CPU threads (at least one), as a study's trials each get their part of the CPUs: n processes
-    of all the threads each fight over the cores (on 2 cores, 2 such processes ran 100x slower).
+    of all the threads each fight over the cores (on 2 cores, 2 such processes ran 60x slower than 1 alone).
     """
     threads = max(1, torch.get_num_threads() // n)
     record: dict[str, Any] = {"path": "fast", **_setup_dict(config), "processes": n, "mps": mps}
