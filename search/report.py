@@ -510,8 +510,9 @@ def spec_html(spec: StudySpec) -> str:
                  f"rungs at epochs {', '.join(map(str, spec.rungs())) or 'none'}"),
         ("sampler", f"TPE, {s.n_startup_trials} random startup trials, multivariate {s.multivariate}, "
                     f"constant liar {s.constant_liar}"),
-        ("resources", f"GPUs {'all' if r.gpus is None else r.gpus}, {r.trials_per_gpu} trials per GPU, "
-                      f"{plural(r.cpus_per_trial, 'CPU')} per trial, retries of a crashed trial: {r.max_failures}"),
+        ("resources", ("CPU only" if r.gpus == 0 else
+                       f"GPUs {'all' if r.gpus is None else r.gpus}, {r.trials_per_gpu} trials per GPU")
+                      + f", {plural(r.cpus_per_trial, 'CPU')} per trial, retries of a crashed trial: {r.max_failures}"),
         ("recipe overrides", overrides),
     ]
     rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in items)
@@ -580,7 +581,8 @@ def budget_text(spec: StudySpec, trials: Sequence[FrozenTrial], revalidation: di
         compute = sum(run.summary.get("wall_time_s") or 0 for _, run in extra)
         text += (f"; extra final seeds: {len(extra)} ({plural(epochs, 'epoch')}"
                  + (f", {format_duration(compute)} of run time" if compute else "")
-                 + ", side by side with the first seed's run, each on its own GPU where there are enough)")
+                 + ", side by side with the first seed's run"
+                 + (", each on its own GPU where there are enough)" if spec.resources.gpus != 0 else ")"))
     return text
 
 

@@ -21,6 +21,7 @@ from report_fixture import (FINISHED, NO_COMPLETE, RUNNING, SMALL, FakeTrial, ch
                             require_browser)
 from search import report
 from search.study import StudyPaths
+from search.study import load as load_study
 
 ROOT = Path(__file__).resolve().parent.parent
 FIGURES = ["fig-final", "fig-final-run", "fig-revalidation", "fig-history", "fig-curves", "fig-parallel",
@@ -124,8 +125,16 @@ def test_header_labels_a_single_final_runs_last_and_best_epoch(tmp_path):
 def test_header_budget_counts_re_validation_and_extra_seeds_beside_early_stopping(finished):
     epochs = text_of(finished[1], "header-epochs")
     assert "26.3% saved; re-validation: 2 runs of the top trials, 8 epochs, 3 min 00 s of wall time; " in epochs
-    assert epochs.endswith("extra final seeds: 2 (8 epochs, 16 s of run time, side by side with the first seed's run, "
-                           "each on its own GPU where there are enough)")
+    # A study on CPUs (gpus = 0, as the smoke study): no GPU to name.
+    assert epochs.endswith("extra final seeds: 2 (8 epochs, 16 s of run time, side by side with the first seed's run)")
+
+
+@pytest.mark.parametrize("gpus, says", [(0, "CPU only, 1 CPU per trial"), (None, "GPUs all, 4 trials per GPU, 1 CPU"),
+                                        (2, "GPUs 2, 4 trials per GPU, 1 CPU per trial")], ids=["cpu", "all", "two"])
+def test_the_studys_resources_are_named_as_it_ran(gpus, says):
+    spec = load_study("smoke")
+    spec = spec.replace(resources=dataclasses.replace(spec.resources, gpus=gpus))
+    assert f"<dt>resources</dt><dd>{says}" in report.spec_html(spec)
 
 
 def test_re_validation_shows_each_top_trials_runs_their_mean_and_the_choice(finished):
