@@ -243,12 +243,13 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         go = root / "go"
-        env = os.environ | {"OMP_NUM_THREADS": str(threads)}  # torch's threads in each process
+        env = dict(os.environ)
         if mps:
             try:
-                env |= stack.enter_context(MpsDaemon(root)).env
+                env = dict(stack.enter_context(MpsDaemon(root)).env)
             except (OSError, subprocess.SubprocessError) as e:
                 return record | {"status": f"failed: could not start the MPS daemon ({e})"}
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's threads in each process, whatever this one's environment says
         procs: list[subprocess.Popen] = []
         stack.callback(lambda: [(p.kill(), p.wait()) for p in procs if p.poll() is None])
         for i in range(n):

@@ -250,7 +250,8 @@ def format_duration(seconds: float) -> str:
 
 
 def plural(n: float, word: str) -> str:
-    return f"{n:g} {word}{'s' if n != 1 else ''}" if isinstance(n, float) else f"{n} {word}{'s' if n != 1 else ''}"
+    """'1 CPU', '1.5 CPUs', '12 epochs': a float as written (:g), an int whole."""
+    return f"{f'{n:g}' if isinstance(n, float) else n} {word}{'s' if n != 1 else ''}"
 
 
 def fmt_param(value: float) -> str:

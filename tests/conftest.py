@@ -41,7 +41,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # The files that run whole studies go first, longest first, so that no pytest-xdist worker starts one last; then
 # the files that train in the tests' own process, longest first; the files of quick tests fill the end, so that
 # both workers finish together. xdist hands each worker two files at the start (the first and the third to one,
-# the second and the fourth to the other): measured in the suite on one machine, about 75 s, 90 s, 45 s and 40 s,
+# the second and the fourth to the other): measured in the suite on one machine, about 50 s, 90 s, 45 s and 45 s,
 # then 40 s, and 25 s down to 8 s. (A worker per core: with two per core, 4 on 2 cores, the suite took 651 s
 # instead of 571 s, the studies' processes fighting for the cores.)
 SLOWEST_FIRST = ("test_search_e2e.py", "test_search_faults.py", "test_gpu_check.py", "test_faults.py",
