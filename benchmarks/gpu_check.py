@@ -1,18 +1,24 @@
 """Where a new GPU machine stands, in one command: benchmarks/gpu_check.sh --data PATH.npz --out DIR [--quick]
 
-1. The bench suite (python -m recipe.bench --suite): every path and compile mode, evaluation, and
-   1, 2 and 4 processes training at once on the GPU.
+Within --minutes in all (default 8):
+
+1. The bench suite (python -m recipe.bench --suite), within 37.5% of that: the seed's style, the
+   fast path eager and in every compile mode, evaluation, and 1, 2 and 4 processes training at once
+   on the GPU, the decisive measurements first; then what they say (the fastest setup for a
+   250-epoch final run, compilation included; how many processes at once train the most).
 2. The seed recipe on the real data (full width, the whole training set, evaluated on the test
-   set) for as many epochs as fit in --run-seconds at the speed the bench measured, with its
-   OneCycle shortened to that length; killed (SIGKILL) once epoch N-2 is in metrics.csv, then
-   resumed from its checkpoint for the last two epochs.
+   set) in that fastest setup, for as many epochs as fit in the time left less the study's quarter
+   (or --run-seconds) at the speed the bench measured, with its OneCycle shortened to that length;
+   killed (SIGKILL) once epoch N-2 is in metrics.csv, then resumed from its checkpoint for the last
+   two epochs.
 3. If ray and optuna import: a miniature study on the real data on this GPU (8 trials, horizon 6,
-   4 trials sharing the GPU, a 2-epoch final run).
+   4 trials sharing the GPU, a 2-epoch final run), in the time left.
 
 It writes DIR/summary.md (every figure in tables, the device named), DIR/bench.json, run.json and
-study.json, and the logs of each step, and prints the summary. A step that fails is reported and
-the next one runs; the exit status is 1 if any failed. --quick runs the same steps at toy sizes on
-a CPU (width 4, a few hundred images) in a minute or two: the tests run it.
+study.json, and the logs of each step, and prints the summary. A step that fails or runs out of
+time is reported and the next one runs; the exit status is 1 if any failed. --quick runs the same
+steps at toy sizes on a CPU (width 4, a few hundred images, trained eagerly) in a minute or two:
+the tests run it.
 """
 from __future__ import annotations
 
@@ -49,6 +55,14 @@ class Sizes:
         self.train_images = 512 if quick else None  # None: the whole training set
         self.run_seconds = 2.0 if quick else None  # None: --run-seconds; 2 s at toy size: the fewest epochs, 3
         self.min_epochs = 3  # the kill comes after epoch N-2 >= 1
+        # The run trains as the bench's fastest final-run setup does; at toy size its compiled figures come
+        # from the eager backend (compiling for real costs more than the toy run), so it trains eagerly.
+        self.adopt_compile = not quick
+
+
+# Shares of --minutes: the bench suite's budget, and what is kept for the study after the run.
+DEFAULT_MINUTES, BENCH_SHARE, STUDY_SHARE = 8.0, 0.375, 0.25
+START_S = 20  # a recipe process's start before its first epoch (Python, torch, CUDA, the data), each of two
 
 
 def study_toml(data: Path, quick: bool) -> str:
@@ -197,36 +211,49 @@ def last_line(log: Path) -> str:
 
 # --- steps -------------------------------------------------------------------------------------
 
-def bench_step(out: Path, sizes: Sizes, timeout: float) -> dict[str, Any]:
-    code, seconds = run_logged(python_m("recipe.bench", "--suite", *sizes.bench, "--json", str(out / "bench.json")),
-                               out / "bench.log", timeout)
+def bench_step(out: Path, sizes: Sizes, budget: float) -> dict[str, Any]:
+    argv = python_m("recipe.bench", "--suite", *sizes.bench, "--budget", f"{budget:.0f}", "--json", str(out / "bench.json"))
+    # The suite stops measuring at its budget; a minute more for the process's start and the last one's end.
+    code, seconds = run_logged(argv, out / "bench.log", budget + 60)
     if code != 0 or not (out / "bench.json").exists():
         return {"status": f"failed: {'timed out' if code is None else last_line(out / 'bench.log')}", "seconds": seconds}
     report = json.loads((out / "bench.json").read_text())
     return {"status": "ok", "seconds": seconds, "report": report}
 
 
-def fast_eager_images_per_s(bench: dict[str, Any]) -> float | None:
-    for r in bench.get("report", {}).get("measurements", []):
-        if r.get("path") == "fast" and r.get("compile") == "off" and r.get("status") == "ok" and "processes" not in r:
-            return r["images_per_s"]
-    return None
+def run_plan(bench: dict[str, Any], sizes: Sizes, train_images: int, seconds: float) -> dict[str, Any]:
+    """How the real-data run trains: its compile mode (the bench's fastest for a final run, on a GPU) and as
+    many epochs as fit in `seconds` at that setup's speed, its compilations (in the run and in the resumed
+    run) included. Without the bench's figures: the fewest epochs, eagerly."""
+    final = bench.get("report", {}).get("conclusions", {}).get("final_run")
+    if final is None:
+        return {"compile": "off", "epochs": sizes.min_epochs, "why": "the bench measured no training speed"}
+    by_name = {s["name"]: s for s in final["setups"]}
+    eager = next((s for s in final["setups"] if s["compile"] == "off"), None)
+    chosen = by_name[final["fastest"]] if sizes.adopt_compile else eager
+    if chosen is None:
+        return {"compile": "off", "epochs": sizes.min_epochs, "why": "the bench measured no eager training speed"}
+    why = ("the bench's fastest setup for a final run" if chosen["name"] == final["fastest"]
+           else "at toy size the run trains eagerly")
+    # An epoch: its training images at the setup's speed, and its evaluation (a tenth of that, at most).
+    epoch_s = 11 * train_images / (10 * chosen["images_per_s"])
+    epochs = max(sizes.min_epochs, int((seconds - 2 * chosen["compile_s"]) / epoch_s))
+    return {"compile": chosen["compile"], "epochs": epochs, "why": why}
 
 
-def run_step(out: Path, data: Path, sizes: Sizes, run_seconds: float, images_per_s: float | None,
+def run_step(out: Path, data: Path, sizes: Sizes, run_seconds: float, bench: dict[str, Any],
              timeout: float) -> dict[str, Any]:
     train_images = sizes.train_images or len(load_npz(data)[0])
-    if images_per_s:
-        # An epoch: its training images at the bench's speed, and its evaluation (a tenth of that, at most).
-        epochs = max(sizes.min_epochs, int(run_seconds / (1.1 * train_images / images_per_s)))
-    else:
-        epochs = sizes.min_epochs
+    plan = run_plan(bench, sizes, train_images, run_seconds)
+    epochs = plan["epochs"]
     run_dir = out / "run"
     if run_dir.exists():
         shutil.rmtree(run_dir)
+    compiling = ["--compile", plan["compile"]] if plan["compile"] != "off" else []
     argv = python_m("recipe.train", "--data", str(data), "--epochs", str(epochs), "--out", str(run_dir), *sizes.run,
-                    "--no-progress")
-    record: dict[str, Any] = {"epochs": epochs, "train_images": train_images, "command": " ".join(argv[1:])}
+                    *compiling, "--no-progress")
+    record: dict[str, Any] = {"epochs": epochs, "train_images": train_images, "compile": plan["compile"],
+                              "compile_why": plan["why"], "command": " ".join(argv[1:])}
     metrics = run_dir / "metrics.csv"
     kill_after = epochs - 2
     t0 = time.perf_counter()
@@ -274,9 +301,6 @@ def run_step(out: Path, data: Path, sizes: Sizes, run_seconds: float, images_per
 
 
 def study_step(out: Path, data: Path, sizes: Sizes, timeout: float) -> dict[str, Any]:
-    probe = subprocess.run([sys.executable, "-c", "import ray, optuna"], capture_output=True, text=True, env=env())
-    if probe.returncode != 0:
-        return {"status": "skipped: ray or optuna is not installed"}
     toml = out / "gpu_check_study.toml"
     toml.write_text(study_toml(data, sizes.quick))
     results = out / "study"
@@ -308,12 +332,18 @@ def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def command_line(args: argparse.Namespace) -> str:
+    given = [f"--minutes {args.minutes:g}"] if args.minutes != DEFAULT_MINUTES else []
+    given += [f"--run-seconds {args.run_seconds:g}"] if args.run_seconds is not None else []
+    return " ".join([f"--data {args.data} --out {args.out}", *given, *(["--quick"] if args.quick else [])])
+
+
 def summary_md(args: argparse.Namespace, bench: dict, run: dict, study: dict, total_s: float) -> str:
     env_ = bench.get("report", {}).get("environment", {})
     device = env_.get("device") or run.get("device") or "unknown device"
     lines = [f"# gpu_check: {device}", "",
-             f"`benchmarks/gpu_check.sh --data {args.data} --out {args.out}{' --quick' if args.quick else ''}`, "
-             f"{time.strftime('%Y-%m-%d %H:%M')}, {total_s:.0f} s in all.", "",
+             f"`benchmarks/gpu_check.sh {command_line(args)}`, {time.strftime('%Y-%m-%d %H:%M')}, {total_s:.0f} s in all "
+             f"(of {args.minutes:g} minutes).", "",
              "| | |", "| --- | --- |"]
     for key in ("device", "gpu_memory_mib", "torch", "cuda", "cudnn", "python", "host_cpus"):
         if key in env_:
@@ -325,7 +355,8 @@ def summary_md(args: argparse.Namespace, bench: dict, run: dict, study: dict, to
                   "`python -m recipe.bench --suite " + " ".join(Sizes(args.quick).bench) + "`; every record in bench.json."]
     lines += ["", f"## 2. The seed recipe on the data, {run.get('epochs', '?')} epochs, killed and resumed ({run['status']})", ""]
     if "per_epoch" in run:
-        lines += [f"`{run['command']}`, SIGKILL once epoch {run['killed_after_epoch']} was in metrics.csv, then "
+        lines += [f"`{run['command']}` (compile {run['compile']}: {run['compile_why']}), SIGKILL once epoch "
+                  f"{run['killed_after_epoch']} was in metrics.csv, then "
                   f"`{run['resume_command']}`: resumed from the checkpoint: {run['resumed_from_checkpoint']}; each epoch "
                   f"once in metrics.csv: {run['each_epoch_once']}. Final test accuracy **{pct(run['final_test_acc'])}**; "
                   f"training wall time {run['training_wall_s']:.1f} s; GPU memory peak "
@@ -355,16 +386,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="CIFAR-100 as a .npz of arrays (x_train, y_train, x_test, y_test)")
     parser.add_argument("--out", required=True, help="directory for summary.md, the JSON files and the logs")
     parser.add_argument("--quick", action="store_true", help="the same steps at toy sizes on a CPU")
-    parser.add_argument("--run-seconds", type=float, default=240.0,
-                        help="how long the real-data run should train, at the bench's speed (default: 240)")
+    parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
+                        help=f"the time the check may take in all (default: 8): the bench suite's budget is "
+                             f"{BENCH_SHARE:.1%} of it, {STUDY_SHARE:.0%} is kept for the study, the run trains in the rest")
+    parser.add_argument("--run-seconds", type=float,
+                        help="how long the real-data run should train, at the bench's speed (default: what --minutes "
+                             "leaves it)")
     args = parser.parse_args(argv)
     data, out = Path(args.data), Path(args.out)
     try:
         load_npz(data)
     except DataError as e:
         fail(f"--data: {e}")
-    if args.run_seconds <= 0:
+    if args.run_seconds is not None and args.run_seconds <= 0:
         fail(f"--run-seconds {args.run_seconds:g}: must be > 0")
+    if args.minutes <= 0:
+        fail(f"--minutes {args.minutes:g}: must be > 0")
     if out.exists() and not out.is_dir():
         fail(f"--out {out}: is a file, not a directory")
     try:
@@ -382,15 +419,28 @@ def main(argv: list[str] | None = None) -> int:
     sizes = Sizes(args.quick)
     t0 = time.perf_counter()
 
+    total = 60 * args.minutes
+    deadline = t0 + total
+
+    def left() -> float:
+        return deadline - time.perf_counter()
+
     print("1/3 bench suite ...", flush=True)
-    bench = bench_step(out, sizes, timeout=600)
+    bench = bench_step(out, sizes, BENCH_SHARE * total)
     print(f"    {bench['status']} ({bench['seconds']:.0f} s)", flush=True)
     print("2/3 the seed recipe on the data, killed and resumed ...", flush=True)
-    run = run_step(out, data, sizes, sizes.run_seconds or args.run_seconds, fast_eager_images_per_s(bench),
-                   timeout=3 * args.run_seconds + 300)
+    study_possible = subprocess.run([sys.executable, "-c", "import ray, optuna"], capture_output=True, env=env()).returncode == 0
+    window = left() - (STUDY_SHARE * total if study_possible else 0)
+    run_seconds = sizes.run_seconds or args.run_seconds or window - 2 * START_S
+    run = run_step(out, data, sizes, run_seconds, bench, timeout=max(window, 60))
     print(f"    {run['status']}", flush=True)
     print("3/3 a miniature study ...", flush=True)
-    study = study_step(out, data, sizes, timeout=900)
+    if not study_possible:
+        study = {"status": "skipped: ray or optuna is not installed"}
+    elif left() < 30:
+        study = {"status": f"skipped: the check's {args.minutes:g} minutes were spent"}
+    else:
+        study = study_step(out, data, sizes, timeout=left())
     print(f"    {study['status']}", flush=True)
 
     from recipe.checkpoint import write_json, write_text

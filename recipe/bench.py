@@ -11,14 +11,16 @@ synchronisations after untimed warm-up steps (which also compile, where the setu
 "fast" is the default pipeline (dataset on the device, batched augmentation); "classic" is
 torchvision transforms on PIL images in a DataLoader. "eval" is the evaluation pass, in images/s.
 
-The suite measures: the seed's style (classic, fp32, contiguous), classic with the recipe's CUDA
-settings (on a CPU the same setup as the seed's: its record is that one's, marked "same_as"), the
-model step, fast eager, fast compiled in each torch.compile mode (on a CPU only the default mode:
-the others differ only on a GPU), evaluation, and 1, 2 and 4 processes training at
-once on one device (1 and 2 on a CPU) (Ray's fractional-GPU trials), also under CUDA MPS where
-nvidia-cuda-mps-control exists (the bench starts and stops its own daemon). Every measurement is a
-record of the JSON report, with its setup; one that fails or runs out of time says so and the
-suite goes on.
+The suite measures, the decisive ones first: the seed's style (classic, fp32, contiguous), fast
+eager, the model step, evaluation, fast compiled (reduce-overhead and default; on a CPU only the
+default mode: the others differ only on a GPU), 1, 2 and 4 processes training at once on one device
+(1 and 2 on a CPU) (Ray's fractional-GPU trials), also under CUDA MPS where nvidia-cuda-mps-control
+exists (the bench starts and stops its own daemon), classic with the recipe's CUDA settings, and on
+a GPU last, fast compiled with max-autotune-no-cudagraphs (the longest to compile). On a CPU the
+recipe's CUDA settings are the seed's setup: that record is the seed style's, marked "same_as".
+Every measurement is a record of the JSON report, with its setup; one that fails, runs out of time
+or is left when the suite's --budget is spent says so and the suite goes on. Under the table (and as "conclusions" in the JSON): what the figures decide, see
+conclusions().
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -50,7 +53,9 @@ PATHS = ("model-step", "fast", "classic", "eval")
 SETUP = ("width", "batch_size", "device", "workers", "amp", "channels_last", "compile")
 SUITE_CONCURRENCY = {"cuda": (1, 2, 4), "cpu": (1, 2)}  # on a CPU, processes only share its cores
 EVAL_IMAGES = {"cuda": 10_000, "cpu": 2_000}
+TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR-100's: what a final run trains on and is evaluated on each epoch
 MPS_CONTROL = "nvidia-cuda-mps-control"
+_clock = time.monotonic  # the suite's budget runs on it (tests replace it)
 
 
 def _sync(device: torch.device) -> None:
@@ -284,47 +289,140 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
 
 # --- the suite ---------------------------------------------------------------------------------
 
-def suite_plan(config: RecipeConfig, device: torch.device) -> list[tuple[str, RecipeConfig, str]]:
-    """(name, setup, path) of every single-process measurement of the suite, in order."""
+@dataclass(frozen=True)
+class Planned:
+    """One measurement of the suite: a path in one process, or `processes` of them training at once."""
+    name: str
+    setup: RecipeConfig
+    path: str
+    processes: int = 0
+    mps: bool = False
+
+
+def suite_plan(config: RecipeConfig, device: torch.device, mps: bool = False) -> list[Planned]:
+    """Every measurement of the suite, in the order it runs: what the defaults are decided by first.
+
+    The seed's style and the fast path (eager, then compiled in the modes likeliest to pay) answer what
+    a final run should use; the processes at once, how many trials share a GPU; the rest complete the
+    picture, max-autotune (the longest to compile) last.
+    """
     eager = config.replace(compile="off")
-    modes = ("default", "max-autotune-no-cudagraphs", "reduce-overhead") if device.type == "cuda" else ("default",)
+    cuda = device.type == "cuda"
+    compiled = [Planned(f"fast, compiled ({mode})", config.replace(compile=mode), "fast")
+                for mode in (("reduce-overhead", "default") if cuda else ("default",))]
+    at_once = [Planned(f"{n} process{'es' * (n > 1)} at once{' under MPS' if use_mps else ''}", eager, "fast", n, use_mps)
+               for use_mps in ((False, True) if mps else (False,))
+               for n in SUITE_CONCURRENCY.get(device.type, SUITE_CONCURRENCY["cpu"]) if not (use_mps and n == 1)]
     return [
-        ("seed style: classic, fp32, contiguous", eager.replace(amp="off", channels_last="off"), "classic"),
-        ("classic, recipe settings", eager, "classic"),
-        ("model step (ceiling)", eager, "model-step"),
-        ("fast, eager", eager, "fast"),
-        *[(f"fast, compiled ({mode})", config.replace(compile=mode), "fast") for mode in modes],
-        ("evaluation", eager, "eval"),
+        Planned("seed style: classic, fp32, contiguous", eager.replace(amp="off", channels_last="off"), "classic"),
+        Planned("fast, eager", eager, "fast"),
+        Planned("model step (ceiling)", eager, "model-step"),
+        Planned("evaluation", eager, "eval"),
+        *compiled,
+        *at_once,
+        Planned("classic, recipe settings", eager, "classic"),
+        *([Planned("fast, compiled (max-autotune-no-cudagraphs)", config.replace(compile="max-autotune-no-cudagraphs"),
+                   "fast")] if cuda else []),
     ]
 
 
 def run_suite(config: RecipeConfig, steps: int, warmup: int, backend: str, timeout: float,
-              log: Callable[[str], None]) -> list[dict[str, Any]]:
+              log: Callable[[str], None], budget: float | None = None) -> list[dict[str, Any]]:
+    """The suite's records, in the order measured. With a budget (seconds), no measurement starts after it is
+    spent and none runs past it (on a GPU, where each has a process of its own): those are records that say so."""
     device = resolve_device(config)
-    eager = config.replace(compile="off")
+    deadline = None if budget is None else _clock() + budget
     records = []
     measured: dict[str, dict[str, Any]] = {}  # by what a measurement runs on this device
-    for name, setup, path in suite_plan(config, device):
-        runs = json.dumps([path, setup_of(setup, device)], sort_keys=True)
+    for m in suite_plan(config, device, mps=mps_available(device)):
+        runs = json.dumps([m.path, m.processes, m.mps, setup_of(m.setup, device)], sort_keys=True)
         if runs in measured:  # on a CPU the recipe's CUDA settings are the seed's: measuring again measures noise
-            log(f"{name}: the same setup as {measured[runs]['name']} on this device")
-            records.append(measured[runs] | {"name": name, "same_as": measured[runs]["name"]})
+            log(f"{m.name}: the same setup as {measured[runs]['name']} on this device")
+            records.append(measured[runs] | {"name": m.name, "same_as": measured[runs]["name"]})
             continue
-        log(f"measuring: {name}")
-        if device.type == "cuda":
-            records.append({"name": name} | in_subprocess(setup, path, steps, warmup, backend, timeout))
+        left = timeout if deadline is None else min(timeout, deadline - _clock())
+        if left <= 0:
+            log(f"{m.name}: skipped, the suite's {budget:g} s are spent")
+            records.append({"name": m.name, "path": m.path, **_setup_dict(m.setup),
+                            **({"processes": m.processes, "mps": m.mps} if m.processes else {}),
+                            "status": f"skipped: the suite's budget of {budget:g} s was spent"})
+            continue
+        log(f"measuring: {m.name}")
+        if m.processes:
+            records.append({"name": m.name} | concurrent(m.setup, m.processes, steps, warmup, backend, left, mps=m.mps))
+        elif device.type == "cuda":
+            records.append({"name": m.name} | in_subprocess(m.setup, m.path, steps, warmup, backend, left))
         else:
-            records.append({"name": name} | in_this_process(setup, path, steps, warmup, backend))
+            records.append({"name": m.name} | in_this_process(m.setup, m.path, steps, warmup, backend))
         measured[runs] = records[-1]
-    mps = [False, True] if mps_available(device) else [False]
-    for use_mps in mps:
-        for n in SUITE_CONCURRENCY.get(device.type, SUITE_CONCURRENCY["cpu"]):
-            if use_mps and n == 1:
-                continue
-            name = f"{n} process{'es' * (n > 1)} at once{' under MPS' if use_mps else ''}"
-            log(f"measuring: {name}")
-            records.append({"name": name} | concurrent(eager, n, steps, warmup, backend, timeout, mps=use_mps))
     return records
+
+
+# --- what the figures say ----------------------------------------------------------------------
+
+def conclusions(measurements: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
+    """What the measurements decide, from the figures alone (those that failed or were skipped left out).
+
+    - final_run: each single-process fast-path setup's time for a final run of `epochs` epochs, projected:
+      each epoch trains TRAIN_IMAGES at the setup's rate and evaluates TEST_IMAGES at the evaluation's rate;
+      a compiled setup adds twice its compile time (it compiles for the full batch, and again for an epoch's
+      last, smaller one). Start-up and checkpoints are not in it (gpu_check's run on the real data has them).
+      The fastest names the compile mode a final run should use.
+    - vs_seed_style: that fastest setup's training images/s over the seed style's.
+    - at_once: processes training at once on the device (Ray's trials sharing it), by images/s in all; the
+      most names how many trials per GPU train the most images.
+    """
+    ok = [r for r in measurements if r.get("status", "ok") == "ok" and "same_as" not in r]
+    found: dict[str, Any] = {}
+    evaluation = next((r for r in ok if r["path"] == "eval"), None)
+    if evaluation is not None:
+        found["evaluation_s_per_10k"] = evaluation["seconds_per_10k"]
+    training = [r for r in ok if r["path"] == "fast" and "processes" not in r]
+    if training and evaluation is not None:
+        eval_s = evaluation["seconds_per_10k"] * TEST_IMAGES / 10_000
+        setups = [{"name": _name(r), "compile": r["compile"], "images_per_s": r["images_per_s"],
+                   "epoch_s": TRAIN_IMAGES / r["images_per_s"] + eval_s, "compile_s": 2 * r.get("compile_s", 0.0)}
+                  for r in training]
+        for s in setups:
+            s["seconds"] = epochs * s["epoch_s"] + s["compile_s"]
+        fastest = min(setups, key=lambda s: s["seconds"])
+        found["final_run"] = {"epochs": epochs, "train_images": TRAIN_IMAGES, "test_images": TEST_IMAGES,
+                              "setups": setups, "fastest": fastest["name"], "compile": fastest["compile"]}
+        seed = next((r for r in ok if _name(r).startswith("seed style")), None)
+        if seed is not None:
+            found["vs_seed_style"] = fastest["images_per_s"] / seed["images_per_s"]
+    at_once = [{"processes": r["processes"], "mps": r["mps"], "images_per_s": r["images_per_s"]}
+               for r in ok if "processes" in r]
+    if at_once:
+        one = next((a["images_per_s"] for a in at_once if a["processes"] == 1), None)
+        for a in at_once:
+            a["vs_one"] = a["images_per_s"] / one if one else None
+        most = max(at_once, key=lambda a: a["images_per_s"])
+        found["at_once"] = {"measured": at_once, "most": most["processes"], "mps": most["mps"]}
+    return found
+
+
+def conclusion_lines(found: dict[str, Any]) -> list[str]:
+    lines = []
+    if "final_run" in found:
+        f = found["final_run"]
+        lines.append(f"a {f['epochs']}-epoch final run, projected ({f['train_images']:,} images trained and "
+                     f"{f['test_images']:,} evaluated each epoch, compilation twice; no start-up or checkpoints):")
+        for s in f["setups"]:
+            mark = "  <- fastest" if s["name"] == f["fastest"] else ""
+            compiling = f" + {s['compile_s']:.0f} s compiling" if s["compile_s"] else ""
+            lines.append(f"  {s['name']:<44}{s['seconds'] / 60:>8.1f} min  ({s['epoch_s']:.2f} s an epoch{compiling}){mark}")
+    if "vs_seed_style" in found:
+        lines.append(f"the fastest trains {found['vs_seed_style']:.1f}x the images/s of the seed style")
+    if "evaluation_s_per_10k" in found:
+        lines.append(f"evaluation: {found['evaluation_s_per_10k']:.3f} s per 10,000 images")
+    if "at_once" in found:
+        a = found["at_once"]
+        parts = [f"{m['processes']}{' (MPS)' if m['mps'] else ''}: {m['images_per_s']:.0f}"
+                 + (f" ({m['vs_one']:.2f}x)" if m["vs_one"] and m["processes"] > 1 else "") for m in a["measured"]]
+        lines.append(f"processes training at once, images/s in all: {', '.join(parts)}; the most: {a['most']}"
+                     f"{' under MPS' if a['mps'] else ''}")
+    return ["what the figures say:", *lines] if lines else []
 
 
 # --- report ------------------------------------------------------------------------------------
@@ -360,7 +458,7 @@ def table(report: dict[str, Any]) -> str:
         if "same_as" in r:
             note += f"; the same setup as {r['same_as']} here: measured once"
         lines.append(f"{_name(r):<40}{r['images_per_s']:>10.0f}{ms:>9}{vs:>15}{comp:>11}  {note}")
-    return "\n".join(lines)
+    return "\n".join(lines + conclusion_lines(report.get("conclusions", {})))
 
 
 def writable(path: Path) -> bool:
@@ -396,6 +494,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="untimed steps first, which also compile (default: 20 on CUDA, 2 on CPU)")
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds each process of --suite (on a GPU) or --concurrent may take (default: 180)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="--suite only: start no measurement after SECONDS, and on a GPU let none run past them; "
+                             "those left are recorded as skipped (the suite runs the decisive ones first)")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile's backend where the setup compiles (default: inductor; the modes apply to it)")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH")
@@ -424,12 +525,14 @@ def main(argv: list[str] | None = None) -> int:
         fail("--steps must be >= 1 and --warmup >= 0")
     if args.timeout <= 0:
         fail(f"--timeout {args.timeout:g}: must be > 0 seconds")
+    if args.budget is not None and (not args.suite or args.budget <= 0):
+        fail(f"--budget {args.budget:g}: must be > 0 seconds, and goes with --suite")
     if config.compile != "off" and warmup < 1 and not args.suite:
         fail("--warmup must be >= 1 when the setup compiles (the first steps compile)")
 
     log = (lambda m: print(m, file=sys.stderr, flush=True)) if (args.suite or args.concurrent) else (lambda m: None)
     if args.suite:
-        measurements = run_suite(config, steps, max(warmup, 3), args.compile_backend, args.timeout, log)
+        measurements = run_suite(config, steps, max(warmup, 3), args.compile_backend, args.timeout, log, args.budget)
     elif args.concurrent is not None:
         measurements = [concurrent(config, args.concurrent, steps, warmup, args.compile_backend, args.timeout)]
         if mps_available(device) and args.concurrent > 1:
@@ -445,7 +548,8 @@ def main(argv: list[str] | None = None) -> int:
                 inner()
         measurements = [measure(config, p, steps, warmup, compile_backend=args.compile_backend, barrier=barrier)
                         | {"status": "ok"} for p in paths]
-    report = {"environment": environment(device), "compile_backend": args.compile_backend, "measurements": measurements}
+    report = {"environment": environment(device), "compile_backend": args.compile_backend, "measurements": measurements,
+              "conclusions": conclusions(measurements, config.epochs)}
     if not args.ready_file:
         print(table(report))
         print(json.dumps(report))

@@ -35,8 +35,12 @@ def test_bench_prints_a_table_of_the_paths_then_a_json_line(bench):
     assert lines[0].startswith("ResNet34, cpu, torch ")
     assert lines[1].split()[:5] == ["measurement", "images/s", "ms/step", "vs", "model"]
     assert [ROW.match(line).group(1) for line in lines[2:6]] == PATHS, lines
-    assert len(lines) == 7
-    assert isinstance(json.loads(lines[6]), dict)
+    # Then what the figures say: a final run projected for the one training setup measured, and evaluation.
+    assert lines[6] == "what the figures say:"
+    assert lines[7].startswith("a 250-epoch final run, projected"), lines
+    assert re.fullmatch(r"  fast +\d+\.\d min  \(\d+\.\d\d s an epoch\)  <- fastest", lines[8]), lines
+    assert lines[9].startswith("evaluation: ") and len(lines) == 11
+    assert isinstance(json.loads(lines[10]), dict)
     assert proc.stderr == ""
 
 
@@ -121,7 +125,10 @@ def test_bench_bad_step_counts_are_one_line_and_exit_2(tmp_path, capsys, argv):
     (["--paths", "fast,turbo"], "--paths fast,turbo: expected"),
     (["--suite", "--concurrent", "2"], "give --suite or --concurrent"),
     (["--timeout", "0"], "--timeout 0: must be > 0"),
-], ids=["concurrent 0", "unknown compile mode", "unknown path", "suite and concurrent", "timeout 0"])
+    (["--suite", "--budget", "0"], "--budget 0: must be > 0 seconds"),
+    (["--budget", "60"], "goes with --suite"),
+], ids=["concurrent 0", "unknown compile mode", "unknown path", "suite and concurrent", "timeout 0", "budget 0",
+        "budget without suite"])
 def test_bench_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, fragment):
     code, out, err = call([*TINY, *argv, "--json", str(tmp_path / "bench.json")], capsys)
     assert_usage_error(code, out, err, fragment)
@@ -193,10 +200,111 @@ def test_a_suite_setup_the_device_resolves_to_one_measured_already_is_measured_o
     monkeypatch.setattr(bench, "in_this_process", fake)
     monkeypatch.setattr(bench, "concurrent", lambda *args, **kwargs: {"path": "fast", "status": "ok", "images_per_s": 1.0})
     config = RecipeConfig.from_dict({"device": "cpu", "width": 4, "channels_last": channels_last})
-    seed, recipe = bench.run_suite(config, 1, 0, "eager", 10, log=lambda message: None)[:2]
-    assert (seed["name"], recipe["name"]) == ("seed style: classic, fp32, contiguous", "classic, recipe settings")
+    records = {r["name"]: r for r in bench.run_suite(config, 1, 0, "eager", 10, log=lambda message: None)}
+    seed, recipe = records["seed style: classic, fp32, contiguous"], records["classic, recipe settings"]
     assert not seed["channels_last"] and recipe["channels_last"] == (not same)
     if same:
         assert recipe == seed | {"name": recipe["name"], "same_as": seed["name"]} and measured.count("classic") == 1
     else:
         assert "same_as" not in recipe and recipe["images_per_s"] != seed["images_per_s"] and measured.count("classic") == 2
+
+
+def test_the_suite_on_a_gpu_measures_the_decisive_setups_first_and_under_mps_too():
+    from recipe import bench
+    from recipe.config import RecipeConfig
+
+    plan = bench.suite_plan(RecipeConfig(), torch.device("cuda"), mps=True)
+    assert [m.name for m in plan] == [
+        "seed style: classic, fp32, contiguous", "fast, eager", "model step (ceiling)", "evaluation",
+        "fast, compiled (reduce-overhead)", "fast, compiled (default)", "1 process at once", "2 processes at once",
+        "4 processes at once", "2 processes at once under MPS", "4 processes at once under MPS",
+        "classic, recipe settings", "fast, compiled (max-autotune-no-cudagraphs)"]
+    assert [m.setup.compile for m in plan if m.name.startswith("fast, compiled")] == [
+        "reduce-overhead", "default", "max-autotune-no-cudagraphs"]
+    seed = plan[0].setup
+    assert (seed.amp, seed.channels_last, seed.compile) == ("off", "off", "off")
+    assert [(m.processes, m.mps) for m in plan if m.processes] == [(1, False), (2, False), (4, False), (2, True), (4, True)]
+
+
+def test_the_suite_starts_no_measurement_once_its_budget_is_spent_and_gives_the_last_what_is_left(monkeypatch):
+    from recipe import bench
+    from recipe.config import RecipeConfig
+
+    now = [100.0]
+    timeouts = {}
+
+    def fake(setup, path, *args, **kwargs):
+        now[0] += 4.0  # each measurement takes 4 s on the suite's clock
+        return {"path": path, **bench.setup_of(setup, torch.device("cpu")), "status": "ok", "images_per_s": 1.0}
+
+    def fake_concurrent(setup, n, steps, warmup, backend, timeout, mps=False):
+        timeouts[n] = timeout
+        now[0] += 4.0
+        return {"path": "fast", "processes": n, "mps": mps, "status": "ok", "images_per_s": 1.0}
+
+    monkeypatch.setattr(bench, "_clock", lambda: now[0])
+    monkeypatch.setattr(bench, "in_this_process", fake)
+    monkeypatch.setattr(bench, "concurrent", fake_concurrent)
+    config = RecipeConfig.from_dict({"device": "cpu", "width": 4})
+    logged = []
+    # Measured on a CPU: seed, fast eager, model step, evaluation, compiled, 1 and 2 processes, classic (the seed's).
+    records = bench.run_suite(config, 1, 0, "eager", timeout=10, log=logged.append, budget=22)
+    assert [r["status"] for r in records] == ["ok"] * 6 + ["skipped: the suite's budget of 22 s was spent", "ok"]
+    assert timeouts == {1: 2.0}  # what the budget had left: less than the measurement's own timeout
+    skipped = records[6]
+    assert (skipped["name"], skipped["processes"], skipped["mps"], skipped["width"]) == ("2 processes at once", 2, False, 4)
+    assert "images_per_s" not in skipped and "2 processes at once: skipped, the suite's 22 s are spent" in logged
+    assert records[7]["same_as"] == records[0]["name"]  # measured already, so not skipped
+
+
+def fast(compile_mode, images_per_s, compile_s=None, **extra):
+    record = {"path": "fast", "compile": compile_mode, "images_per_s": images_per_s, "status": "ok", **extra}
+    return record | ({"compile_s": compile_s} if compile_s is not None else {})
+
+
+def test_the_final_run_projection_weighs_compile_time_against_the_epochs_it_speeds_up():
+    from recipe.bench import conclusions
+
+    evaluation = {"path": "eval", "seconds_per_10k": 0.2, "images_per_s": 50_000, "status": "ok"}
+    seed = {"name": "seed style: classic, fp32, contiguous", "path": "classic", "compile": "off", "images_per_s": 5_000,
+            "status": "ok"}
+    eager = fast("off", 10_000, name="fast, eager")  # 5 s an epoch + 0.2 s evaluating: 1,300 s for 250 epochs
+    quick = fast("reduce-overhead", 25_000, compile_s=60, name="fast, compiled (reduce-overhead)")  # 2.2 s: 550 + 120
+    slow = fast("max-autotune-no-cudagraphs", 50_000, compile_s=600, name="fast, compiled (max-autotune-no-cudagraphs)")
+    found = conclusions([seed, eager, quick, slow, evaluation], epochs=250)
+    final = found["final_run"]
+    assert [(s["name"], s["seconds"]) for s in final["setups"]] == [
+        ("fast, eager", pytest.approx(1300)), ("fast, compiled (reduce-overhead)", pytest.approx(670)),
+        ("fast, compiled (max-autotune-no-cudagraphs)", pytest.approx(1500))]
+    assert (final["fastest"], final["compile"], final["epochs"]) == ("fast, compiled (reduce-overhead)", "reduce-overhead", 250)
+    assert found["vs_seed_style"] == pytest.approx(5.0) and found["evaluation_s_per_10k"] == 0.2
+    # A shorter run does not win back the 20 minutes of compiling: max-autotune loses; at 10 epochs eager wins.
+    assert conclusions([eager, quick, slow, evaluation], epochs=10)["final_run"]["compile"] == "off"
+
+
+def test_what_failed_was_skipped_or_measured_once_decides_nothing():
+    from recipe.bench import conclusions
+
+    evaluation = {"path": "eval", "seconds_per_10k": 0.2, "status": "ok"}
+    failed = fast("reduce-overhead", None, status="timed out after 150 s")
+    copy = fast("default", 99_999, compile_s=0, same_as="fast, eager")
+    found = conclusions([fast("off", 10_000), failed, copy, evaluation], epochs=250)
+    assert [s["compile"] for s in found["final_run"]["setups"]] == ["off"] and "vs_seed_style" not in found
+    assert conclusions([fast("off", 10_000)], epochs=250) == {}  # no evaluation: no final run to project
+    assert conclusions([failed, evaluation], epochs=250) == {"evaluation_s_per_10k": 0.2}
+
+
+def test_the_processes_at_once_that_train_the_most_images_are_named_with_their_gain_over_one():
+    from recipe.bench import conclusions, conclusion_lines
+
+    def at_once(n, images_per_s, mps=False, status="ok"):
+        return {"path": "fast", "processes": n, "mps": mps, "images_per_s": images_per_s, "status": status}
+
+    found = conclusions([at_once(1, 8_000), at_once(2, 14_000), at_once(4, 15_000), at_once(2, 15_500, mps=True),
+                         at_once(4, 99_000, mps=True, status="timed out after 150 s")], epochs=250)
+    assert found["at_once"]["most"] == 2 and found["at_once"]["mps"] is True
+    assert [round(a["vs_one"], 4) for a in found["at_once"]["measured"]] == [1.0, 1.75, 1.875, 1.9375]
+    assert conclusion_lines(found) == [
+        "what the figures say:",
+        "processes training at once, images/s in all: 1: 8000, 2: 14000 (1.75x), 4: 15000 (1.88x), "
+        "2 (MPS): 15500 (1.94x); the most: 2 under MPS"]

@@ -54,17 +54,21 @@ def test_quick_check_benchmarks_every_path_mode_and_concurrency(quick):
     _, out = quick
     report = json.loads((out / "bench.json").read_text())
     names = [r["name"] for r in report["measurements"]]
-    assert names == ["seed style: classic, fp32, contiguous", "classic, recipe settings", "model step (ceiling)",
-                     "fast, eager", "fast, compiled (default)", "evaluation", "1 process at once",
-                     "2 processes at once"]
+    assert names == ["seed style: classic, fp32, contiguous", "fast, eager", "model step (ceiling)", "evaluation",
+                     "fast, compiled (default)", "1 process at once", "2 processes at once", "classic, recipe settings"]
     assert all(r["status"] == "ok" and r["images_per_s"] > 0 for r in report["measurements"])
     # On a CPU the recipe's CUDA settings (bf16, channels_last) resolve to the seed's setup: measured once.
-    seed, recipe = report["measurements"][:2]
+    seed, recipe = report["measurements"][0], report["measurements"][-1]
     assert recipe["same_as"] == seed["name"] and recipe["images_per_s"] == seed["images_per_s"]
-    assert "same_as" not in seed and all("same_as" not in r for r in report["measurements"][2:])
+    assert all("same_as" not in r for r in report["measurements"][:-1])
     compiled = report["measurements"][4]
     assert compiled["compile"] == "default" and compiled["compile_s"] >= 0
     assert report["environment"]["device"] == "cpu"
+    # What the figures say, from those figures: the final run's setups and how many processes train the most.
+    found = report["conclusions"]
+    assert [s["compile"] for s in found["final_run"]["setups"]] == ["off", "default"]
+    assert found["final_run"]["compile"] in ("off", "default") and found["at_once"]["most"] in (1, 2)
+    assert found["evaluation_s_per_10k"] == report["measurements"][3]["seconds_per_10k"]
 
 
 def test_quick_check_resumes_the_killed_run_for_its_last_two_epochs(quick):
@@ -74,6 +78,8 @@ def test_quick_check_resumes_the_killed_run_for_its_last_two_epochs(quick):
     assert run["killed_after_epoch"] == run["epochs"] - 2 >= 1
     assert run["resumed_from_checkpoint"] and run["each_epoch_once"]
     assert [e["epoch"] for e in run["per_epoch"]] == list(range(1, run["epochs"] + 1))
+    # At toy size the bench compiles with the eager backend: its compiled figures do not carry over, the run trains eagerly.
+    assert run["compile"] == "off" and "--compile" not in run["command"]
     assert all(e["train_s"] > 0 and e["eval_s"] > 0 for e in run["per_epoch"])
 
 
@@ -92,7 +98,8 @@ def test_quick_check_runs_a_miniature_study_on_the_data(quick):
     (lambda tmp: ["--data", str(tmp / "afile"), "--out", str(tmp / "out")], "not a readable .npz"),
     (lambda tmp: ["--data", "NPZ", "--out", str(tmp / "afile")], "is a file, not a directory"),
     (lambda tmp: ["--out", str(tmp / "out")], "the following arguments are required: --data"),
-], ids=["missing npz", "not an npz", "out is a file", "no data"])
+    (lambda tmp: ["--data", "NPZ", "--out", str(tmp / "out"), "--minutes", "0"], "--minutes 0: must be > 0"),
+], ids=["missing npz", "not an npz", "out is a file", "no data", "minutes 0"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, small_npz, make_args, fragment):
     (tmp_path / "afile").write_text("not a .npz\n")
     args = [str(small_npz) if a == "NPZ" else a for a in make_args(tmp_path)]
@@ -101,3 +108,33 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, small_npz, make_args, fragme
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
     assert fragment in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def plan_of(final_run, quick=False, train_images=50_000, seconds=200.0):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import gpu_check
+
+    bench = {"report": {"conclusions": {"final_run": final_run}}} if final_run else {"status": "failed: timed out"}
+    return gpu_check.run_plan(bench, gpu_check.Sizes(quick), train_images, seconds)
+
+
+FINAL_RUN = {"fastest": "fast, compiled (reduce-overhead)", "setups": [
+    {"name": "fast, eager", "compile": "off", "images_per_s": 5_500, "compile_s": 0.0},
+    {"name": "fast, compiled (reduce-overhead)", "compile": "reduce-overhead", "images_per_s": 27_500, "compile_s": 40.0}]}
+
+
+def test_the_real_data_run_trains_in_the_benchs_fastest_setup_for_as_many_epochs_as_fit():
+    plan = plan_of(FINAL_RUN)
+    # 200 s less two compilations (2 x 40 s) at 2 s an epoch (50,000 images at 27,500/s, and a tenth for evaluation).
+    assert plan == {"compile": "reduce-overhead", "epochs": 60, "why": "the bench's fastest setup for a final run"}
+    eager_first = FINAL_RUN | {"fastest": "fast, eager"}
+    assert plan_of(eager_first)["compile"] == "off" and plan_of(eager_first)["epochs"] == 20  # 200 s / 10 s
+
+
+def test_at_toy_size_or_without_the_benchs_figures_the_run_trains_eagerly_for_the_fewest_epochs():
+    # 2 s at the eager speed: 512 images at 5,500/s and a tenth more for evaluation, 0.1024 s an epoch.
+    assert plan_of(FINAL_RUN, quick=True, train_images=512, seconds=2.0) == {
+        "compile": "off", "epochs": 19, "why": "at toy size the run trains eagerly"}
+    assert plan_of(None) == {"compile": "off", "epochs": 3, "why": "the bench measured no training speed"}
+    # Out of time already: still the fewest epochs that kill and resume.
+    assert plan_of(FINAL_RUN, seconds=-50.0)["epochs"] == 3
