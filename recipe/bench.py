@@ -19,8 +19,8 @@ exists (the bench starts and stops its own daemon), classic with the recipe's CU
 a GPU last, fast compiled with max-autotune-no-cudagraphs (the longest to compile). On a CPU the
 recipe's CUDA settings are the seed's setup: that record is the seed style's, marked "same_as".
 Every measurement is a record of the JSON report, with its setup; one that fails, runs out of time
-or is left when the suite's --budget is spent says so and the suite goes on. Under the table (and as "conclusions" in the JSON): what the figures decide, see
-conclusions().
+or is left when the suite's --budget is spent says so and the suite goes on. Under the table (and
+as "conclusions" in the JSON): what the figures decide, see conclusions().
 """
 from __future__ import annotations
 
