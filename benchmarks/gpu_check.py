@@ -7,16 +7,18 @@ Within --minutes in all (default 8):
    on the GPU, the decisive measurements first; then what they say (the fastest setup for a
    250-epoch final run, compilation included; how many processes at once train the most).
 2. The seed recipe on the real data (full width, the whole training set, evaluated on the test
-   set) in that fastest setup, for as many epochs as fit in the time left less the study's quarter
-   (or --run-seconds) at the speed the bench measured, with its OneCycle shortened to that length;
-   killed (SIGKILL) once epoch N-2 is in metrics.csv, then resumed from its checkpoint for the last
-   two epochs.
+   set) in that fastest setup (or, where its compilation leaves no time for 3 epochs, the setup
+   that trains the most), for as many epochs as fit at the speed the bench measured in the time
+   left, less a quarter of --minutes for the study where it will run and two process starts (or
+   --run-seconds), with its OneCycle shortened to that length; killed (SIGKILL) once epoch N-2 is
+   in metrics.csv, then resumed from its checkpoint for the last two epochs.
 3. If ray and optuna import: a miniature study on the real data on this GPU (8 trials, horizon 6,
-   4 trials sharing the GPU, a 2-epoch final run), in the time left.
+   4 trials sharing the GPU, a 2-epoch final run), in the time left (skipped under 100 s).
 
 It writes DIR/summary.md (every figure in tables, the device named), DIR/bench.json, run.json and
 study.json, and the logs of each step, and prints the summary. A step that fails or runs out of
-time is reported and the next one runs; the exit status is 1 if any failed. --quick runs the same
+time is stopped with every process it started, reported, and the next one runs; the exit status is
+1 if any failed (a step skipped or cut short for want of time is not a failure). --quick runs the same
 steps at toy sizes on a CPU (width 4, a few hundred images, trained eagerly) in a minute or two:
 the tests run it.
 """
@@ -53,8 +55,9 @@ class Sizes:
         self.run = ["--device", "cpu", "--width", "4", "--subset", "512", "--eval-subset", "256", "--batch-size", "32",
                     "--workers", "0"] if quick else []
         self.train_images = 512 if quick else None  # None: the whole training set
-        self.run_seconds = 2.0 if quick else None  # None: --run-seconds; 2 s at toy size: the fewest epochs, 3
+        self.run_seconds = 2.0 if quick else None  # None: --run-seconds, or what --minutes leaves (toys: 3 epochs here)
         self.min_epochs = 3  # the kill comes after epoch N-2 >= 1
+        self.study_min_s = 30.0 if quick else 100.0  # the miniature study took 91 s on an H100
         # The run trains as the bench's fastest final-run setup does; at toy size its compiled figures come
         # from the eager backend (compiling for real costs more than the toy run), so it trains eagerly.
         self.adopt_compile = not quick
@@ -63,6 +66,21 @@ class Sizes:
 # Shares of --minutes: the bench suite's budget, and what is kept for the study after the run.
 DEFAULT_MINUTES, BENCH_SHARE, STUDY_SHARE = 8.0, 0.375, 0.25
 START_S = 20  # a recipe process's start before its first epoch (Python, torch, CUDA, the data), each of two
+
+
+def run_time(sizes: Sizes, left_s: float, total_s: float, study_possible: bool,
+             run_seconds: float | None) -> tuple[float, float]:
+    """(seconds the real-data run trains, its timeout) with left_s of the check's total_s left after the bench.
+
+    The run gets what is left less the study's share (where a study will run) and two process starts;
+    --run-seconds, where given, instead (its timeout then follows it, not --minutes).
+    """
+    window = left_s - (STUDY_SHARE * total_s if study_possible else 0.0)
+    if sizes.run_seconds is not None:
+        return sizes.run_seconds, max(window, 60.0)
+    if run_seconds is not None:
+        return run_seconds, 3 * run_seconds + 300
+    return window - 2 * START_S, max(window, 60.0)
 
 
 def study_toml(data: Path, quick: bool) -> str:
@@ -192,14 +210,26 @@ def env() -> dict[str, str]:
                          "PYTHONUNBUFFERED": "1"}
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session, and every process it started (a bench's measurements,
+    a study's Ray workers): nothing of a step cut short stays on the GPU."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
 def run_logged(argv: list[str], log: Path, timeout: float) -> tuple[int | None, float]:
     """Runs argv with its output into log; returns (exit status or None on a timeout, seconds)."""
     t0 = time.perf_counter()
     with open(log, "w") as f:
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
+                                env=env(), start_new_session=True)
         try:
-            code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-                                  env=env(), timeout=timeout).returncode
+            code: int | None = proc.wait(timeout=max(timeout, 0.1))
         except subprocess.TimeoutExpired:
+            kill_group(proc)
             code = None
     return code, time.perf_counter() - t0
 
@@ -212,7 +242,7 @@ def last_line(log: Path) -> str:
 # --- steps -------------------------------------------------------------------------------------
 
 def bench_step(out: Path, sizes: Sizes, budget: float) -> dict[str, Any]:
-    argv = python_m("recipe.bench", "--suite", *sizes.bench, "--budget", f"{budget:.0f}", "--json", str(out / "bench.json"))
+    argv = python_m("recipe.bench", "--suite", *sizes.bench, "--budget", f"{budget:g}", "--json", str(out / "bench.json"))
     # The suite stops measuring at its budget; a minute more for the process's start and the last one's end.
     code, seconds = run_logged(argv, out / "bench.log", budget + 60)
     if code != 0 or not (out / "bench.json").exists():
@@ -222,23 +252,35 @@ def bench_step(out: Path, sizes: Sizes, budget: float) -> dict[str, Any]:
 
 
 def run_plan(bench: dict[str, Any], sizes: Sizes, train_images: int, seconds: float) -> dict[str, Any]:
-    """How the real-data run trains: its compile mode (the bench's fastest for a final run, on a GPU) and as
-    many epochs as fit in `seconds` at that setup's speed, its compilations (in the run and in the resumed
-    run) included. Without the bench's figures: the fewest epochs, eagerly."""
+    """How the real-data run trains: its compile mode and as many epochs as fit in `seconds` at that setup's
+    speed, its compilations (in the run, and again in the resumed run) included.
+
+    The setup is the bench's fastest for a final run (at toy size the eager one: the bench compiled with the
+    eager backend there), unless it cannot train the fewest epochs in `seconds` (a long compilation, a short
+    check): then the setup that trains the most epochs in them. Without the bench's figures: the fewest
+    epochs, eagerly.
+    """
     final = bench.get("report", {}).get("conclusions", {}).get("final_run")
     if final is None:
         return {"compile": "off", "epochs": sizes.min_epochs, "why": "the bench measured no training speed"}
-    by_name = {s["name"]: s for s in final["setups"]}
-    eager = next((s for s in final["setups"] if s["compile"] == "off"), None)
-    chosen = by_name[final["fastest"]] if sizes.adopt_compile else eager
-    if chosen is None:
+    setups = final["setups"] if sizes.adopt_compile else [s for s in final["setups"] if s["compile"] == "off"]
+    if not setups:
         return {"compile": "off", "epochs": sizes.min_epochs, "why": "the bench measured no eager training speed"}
-    why = ("the bench's fastest setup for a final run" if chosen["name"] == final["fastest"]
-           else "at toy size the run trains eagerly")
-    # An epoch: its training images at the setup's speed, and its evaluation (a tenth of that, at most).
-    epoch_s = 11 * train_images / (10 * chosen["images_per_s"])
-    epochs = max(sizes.min_epochs, int((seconds - 2 * chosen["compile_s"]) / epoch_s))
-    return {"compile": chosen["compile"], "epochs": epochs, "why": why}
+
+    def fit(setup: dict[str, Any]) -> int:
+        # An epoch: its training images at the setup's speed, and its evaluation (a tenth of that, at most).
+        epoch_s = 11 * train_images / (10 * setup["images_per_s"])
+        return int((seconds - 2 * setup["compiling_s"]) / epoch_s)
+
+    fastest = next((s for s in setups if s["name"] == final["fastest"]), None)
+    if fastest is not None and fit(fastest) >= sizes.min_epochs:
+        chosen, why = fastest, "the bench's fastest setup for a final run"
+    else:
+        chosen = max(setups, key=fit)
+        why = ("at toy size the run trains eagerly" if not sizes.adopt_compile else
+               f"the bench's fastest for a final run ({final['fastest']}) would not train {sizes.min_epochs} epochs "
+               f"in {seconds:.0f} s; this setup trains the most in them")
+    return {"compile": chosen["compile"], "epochs": max(sizes.min_epochs, fit(chosen)), "why": why}
 
 
 def run_step(out: Path, data: Path, sizes: Sizes, run_seconds: float, bench: dict[str, Any],
@@ -260,17 +302,15 @@ def run_step(out: Path, data: Path, sizes: Sizes, run_seconds: float, bench: dic
     with GpuMemory() as memory:
         with open(out / "run.log", "w") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
-                                    env=env())
+                                    env=env(), start_new_session=True)
             while proc.poll() is None and time.perf_counter() - t0 < timeout:
                 if metrics.exists() and len(metrics.read_text().splitlines()) - 1 >= kill_after:
-                    proc.send_signal(signal.SIGKILL)
                     break
                 time.sleep(0.05)
-            if proc.poll() is None and time.perf_counter() - t0 >= timeout:
-                proc.kill()
-            proc.wait()
+            kill_group(proc)  # the kill the run must survive, or the end of its time
         if not metrics.exists() or len(metrics.read_text().splitlines()) - 1 < kill_after:
-            return record | {"status": f"failed before epoch {kill_after}: {last_line(out / 'run.log')}"}
+            why = f"timed out after {timeout:.0f} s" if time.perf_counter() - t0 >= timeout else last_line(out / "run.log")
+            return record | {"status": f"failed before epoch {kill_after}: {why}"}
         killed_after = len(metrics.read_text().splitlines()) - 1
         record["killed_after_epoch"] = killed_after
         resume = python_m("recipe.train", "--out", str(run_dir), "--resume", "--no-progress")
@@ -430,17 +470,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"    {bench['status']} ({bench['seconds']:.0f} s)", flush=True)
     print("2/3 the seed recipe on the data, killed and resumed ...", flush=True)
     study_possible = subprocess.run([sys.executable, "-c", "import ray, optuna"], capture_output=True, env=env()).returncode == 0
-    window = left() - (STUDY_SHARE * total if study_possible else 0)
-    run_seconds = sizes.run_seconds or args.run_seconds or window - 2 * START_S
-    run = run_step(out, data, sizes, run_seconds, bench, timeout=max(window, 60))
+    run_seconds, run_timeout = run_time(sizes, left(), total, study_possible, args.run_seconds)
+    run = run_step(out, data, sizes, run_seconds, bench, timeout=run_timeout)
     print(f"    {run['status']}", flush=True)
     print("3/3 a miniature study ...", flush=True)
     if not study_possible:
         study = {"status": "skipped: ray or optuna is not installed"}
-    elif left() < 30:
-        study = {"status": f"skipped: the check's {args.minutes:g} minutes were spent"}
+    elif left() < sizes.study_min_s:
+        study = {"status": f"skipped: {max(left(), 0):.0f} s of the check's {args.minutes:g} minutes were left, "
+                           f"the study needs about {sizes.study_min_s:.0f}"}
     else:
         study = study_step(out, data, sizes, timeout=left())
+        if study["status"] == "failed: timed out":
+            study["status"] = f"cut short: the check's {args.minutes:g} minutes ran out"
     print(f"    {study['status']}", flush=True)
 
     from recipe.checkpoint import write_json, write_text
@@ -450,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     text = summary_md(args, bench, run, study, time.perf_counter() - t0)
     write_text(out / "summary.md", text)
     print(text)
-    failed = [s for s in (bench, run, study) if s["status"] != "ok" and not s["status"].startswith("skipped")]
+    failed = [s for s in (bench, run, study) if s["status"] != "ok" and not s["status"].startswith(("skipped", "cut short"))]
     return 1 if failed else 0
 
 

@@ -56,6 +56,8 @@ EVAL_IMAGES = {"cuda": 10_000, "cpu": 2_000}
 TRAIN_IMAGES, TEST_IMAGES = 50_000, 10_000  # CIFAR-100's: what a final run trains on and is evaluated on each epoch
 MPS_CONTROL = "nvidia-cuda-mps-control"
 _clock = time.monotonic  # the suite's budget runs on it (tests replace it)
+# Left of the suite's budget, below which a measurement is not started: on a GPU a process's start alone takes ~10 s.
+MIN_LEFT_S = {"cuda": 15.0}
 
 
 def _sync(device: torch.device) -> None:
@@ -184,13 +186,20 @@ def _failure(proc: subprocess.CompletedProcess | None, timeout: float | None = N
     return f"failed (exit {proc.returncode}): {lines[-1] if lines else 'no message'}"
 
 
+def cold_caches(env: dict[str, str], root: Path) -> dict[str, str]:
+    """env with empty on-disk compile caches under root: a compile time measured as a new machine meets it, not as
+    the suite's earlier measurements (or an earlier run of it) left inductor's and Triton's caches."""
+    return env | {"TORCHINDUCTOR_CACHE_DIR": str(root / "inductor"), "TRITON_CACHE_DIR": str(root / "triton")}
+
+
 def in_subprocess(config: RecipeConfig, path: str, steps: int, warmup: int, backend: str, timeout: float) -> dict[str, Any]:
     """One measurement in a fresh process (its own compile caches and device memory), within `timeout` seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "m.json"
         try:
             proc = subprocess.run([*_child_argv(config, path, steps, warmup, backend), "--json", str(out)],
-                                  capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+                                  capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                                  env=cold_caches(dict(os.environ), Path(tmp)))
         except subprocess.TimeoutExpired:
             return {"path": path, **_setup_dict(config), "status": _failure(None, timeout)}
         if proc.returncode != 0 or not out.exists():
@@ -254,6 +263,7 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
                 env = dict(stack.enter_context(MpsDaemon(root)).env)
             except (OSError, subprocess.SubprocessError) as e:
                 return record | {"status": f"failed: could not start the MPS daemon ({e})"}
+        env = cold_caches(env, root)
         env["OMP_NUM_THREADS"] = str(threads)  # torch's threads in each process, whatever this one's environment says
         procs: list[subprocess.Popen] = []
         stack.callback(lambda: [(p.kill(), p.wait()) for p in procs if p.poll() is None])
@@ -302,27 +312,32 @@ class Planned:
 def suite_plan(config: RecipeConfig, device: torch.device, mps: bool = False) -> list[Planned]:
     """Every measurement of the suite, in the order it runs: what the defaults are decided by first.
 
-    The seed's style and the fast path (eager, then compiled in the modes likeliest to pay) answer what
-    a final run should use; the processes at once, how many trials share a GPU; the rest complete the
-    picture, max-autotune (the longest to compile) last.
+    The seed's style and the fast path, eager and compiled in the mode likeliest to pay, answer what
+    a final run should use; the processes at once (in the setup given: what a study's trials run), how
+    many trials share a GPU; the rest complete the picture, max-autotune (the longest to compile) last.
     """
     eager = config.replace(compile="off")
     cuda = device.type == "cuda"
-    compiled = [Planned(f"fast, compiled ({mode})", config.replace(compile=mode), "fast")
-                for mode in (("reduce-overhead", "default") if cuda else ("default",))]
-    at_once = [Planned(f"{n} process{'es' * (n > 1)} at once{' under MPS' if use_mps else ''}", eager, "fast", n, use_mps)
-               for use_mps in ((False, True) if mps else (False,))
-               for n in SUITE_CONCURRENCY.get(device.type, SUITE_CONCURRENCY["cpu"]) if not (use_mps and n == 1)]
+    first, *other_modes = ("reduce-overhead", "default") if cuda else ("default",)
+
+    def compiled(mode: str) -> Planned:
+        return Planned(f"fast, compiled ({mode})", config.replace(compile=mode), "fast")
+
+    def at_once(use_mps: bool) -> list[Planned]:
+        return [Planned(f"{n} process{'es' * (n > 1)} at once{' under MPS' if use_mps else ''}", config, "fast", n, use_mps)
+                for n in SUITE_CONCURRENCY.get(device.type, SUITE_CONCURRENCY["cpu"]) if not (use_mps and n == 1)]
+
     return [
         Planned("seed style: classic, fp32, contiguous", eager.replace(amp="off", channels_last="off"), "classic"),
         Planned("fast, eager", eager, "fast"),
         Planned("model step (ceiling)", eager, "model-step"),
         Planned("evaluation", eager, "eval"),
-        *compiled,
-        *at_once,
+        compiled(first),
+        *at_once(False),
+        *map(compiled, other_modes),
+        *(at_once(True) if mps else []),
         Planned("classic, recipe settings", eager, "classic"),
-        *([Planned("fast, compiled (max-autotune-no-cudagraphs)", config.replace(compile="max-autotune-no-cudagraphs"),
-                   "fast")] if cuda else []),
+        *([compiled("max-autotune-no-cudagraphs")] if cuda else []),
     ]
 
 
@@ -341,7 +356,7 @@ def run_suite(config: RecipeConfig, steps: int, warmup: int, backend: str, timeo
             records.append(measured[runs] | {"name": m.name, "same_as": measured[runs]["name"]})
             continue
         left = timeout if deadline is None else min(timeout, deadline - _clock())
-        if left <= 0:
+        if left < MIN_LEFT_S.get(device.type, 0.0) or left <= 0:
             log(f"{m.name}: skipped, the suite's {budget:g} s are spent")
             records.append({"name": m.name, "path": m.path, **_setup_dict(m.setup),
                             **({"processes": m.processes, "mps": m.mps} if m.processes else {}),
@@ -349,11 +364,14 @@ def run_suite(config: RecipeConfig, steps: int, warmup: int, backend: str, timeo
             continue
         log(f"measuring: {m.name}")
         if m.processes:
-            records.append({"name": m.name} | concurrent(m.setup, m.processes, steps, warmup, backend, left, mps=m.mps))
+            record = concurrent(m.setup, m.processes, steps, warmup, backend, left, mps=m.mps)
         elif device.type == "cuda":
-            records.append({"name": m.name} | in_subprocess(m.setup, m.path, steps, warmup, backend, left))
+            record = in_subprocess(m.setup, m.path, steps, warmup, backend, left)
         else:
-            records.append({"name": m.name} | in_this_process(m.setup, m.path, steps, warmup, backend))
+            record = in_this_process(m.setup, m.path, steps, warmup, backend)
+        if left < timeout and record["status"].startswith("timed out"):
+            record["status"] = f"cut short: the suite's budget of {budget:g} s ran out after {left:.0f} s of it"
+        records.append({"name": m.name} | record)
         measured[runs] = records[-1]
     return records
 
@@ -361,18 +379,24 @@ def run_suite(config: RecipeConfig, steps: int, warmup: int, backend: str, timeo
 # --- what the figures say ----------------------------------------------------------------------
 
 def conclusions(measurements: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
-    """What the measurements decide, from the figures alone (those that failed or were skipped left out).
+    """What the measurements decide, from the figures alone: those that failed, ran out of time or were
+    skipped decide nothing, and are named beside what was decided without them.
 
     - final_run: each single-process fast-path setup's time for a final run of `epochs` epochs, projected:
       each epoch trains TRAIN_IMAGES at the setup's rate and evaluates TEST_IMAGES at the evaluation's rate;
-      a compiled setup adds twice its compile time (it compiles for the full batch, and again for an epoch's
-      last, smaller one). Start-up and checkpoints are not in it (gpu_check's run on the real data has them).
-      The fastest names the compile mode a final run should use.
+      a compiled setup adds its compile time once per batch shape (the full batch, and an epoch's last,
+      smaller one where the batch size does not divide TRAIN_IMAGES). Start-up and checkpoints are not in
+      it (gpu_check's run on the real data has them). The fastest names the compile mode a final run
+      should use.
     - vs_seed_style: that fastest setup's training images/s over the seed style's.
-    - at_once: processes training at once on the device (Ray's trials sharing it), by images/s in all; the
-      most names how many trials per GPU train the most images.
+    - at_once: processes training at once on the device (Ray's trials sharing it), by images/s in all; where
+      two counts or more were measured, the one that trains the most images: how many trials per GPU.
     """
+    def failed(r: dict[str, Any]) -> dict[str, str]:
+        return {"name": _name(r), "status": r["status"]}
+
     ok = [r for r in measurements if r.get("status", "ok") == "ok" and "same_as" not in r]
+    not_ok = [r for r in measurements if r.get("status", "ok") != "ok"]
     found: dict[str, Any] = {}
     evaluation = next((r for r in ok if r["path"] == "eval"), None)
     if evaluation is not None:
@@ -380,38 +404,47 @@ def conclusions(measurements: list[dict[str, Any]], epochs: int) -> dict[str, An
     training = [r for r in ok if r["path"] == "fast" and "processes" not in r]
     if training and evaluation is not None:
         eval_s = evaluation["seconds_per_10k"] * TEST_IMAGES / 10_000
-        setups = [{"name": _name(r), "compile": r["compile"], "images_per_s": r["images_per_s"],
-                   "epoch_s": TRAIN_IMAGES / r["images_per_s"] + eval_s, "compile_s": 2 * r.get("compile_s", 0.0)}
-                  for r in training]
-        for s in setups:
-            s["seconds"] = epochs * s["epoch_s"] + s["compile_s"]
+        setups = []
+        for r in training:
+            shapes = 1 if TRAIN_IMAGES % r["batch_size"] == 0 else 2
+            setup = {"name": _name(r), "compile": r["compile"], "images_per_s": r["images_per_s"],
+                     "epoch_s": TRAIN_IMAGES / r["images_per_s"] + eval_s, "compiling_s": shapes * r.get("compile_s", 0.0)}
+            setups.append(setup | {"seconds": epochs * setup["epoch_s"] + setup["compiling_s"]})
         fastest = min(setups, key=lambda s: s["seconds"])
         found["final_run"] = {"epochs": epochs, "train_images": TRAIN_IMAGES, "test_images": TEST_IMAGES,
-                              "setups": setups, "fastest": fastest["name"], "compile": fastest["compile"]}
+                              "setups": setups, "fastest": fastest["name"], "compile": fastest["compile"],
+                              "not_measured": [failed(r) for r in not_ok if r["path"] == "fast" and "processes" not in r]}
         seed = next((r for r in ok if _name(r).startswith("seed style")), None)
         if seed is not None:
             found["vs_seed_style"] = fastest["images_per_s"] / seed["images_per_s"]
     at_once = [{"processes": r["processes"], "mps": r["mps"], "images_per_s": r["images_per_s"]}
                for r in ok if "processes" in r]
     if at_once:
-        one = next((a["images_per_s"] for a in at_once if a["processes"] == 1), None)
+        one = next((a["images_per_s"] for a in at_once if a["processes"] == 1 and not a["mps"]), None)
         for a in at_once:
             a["vs_one"] = a["images_per_s"] / one if one else None
-        most = max(at_once, key=lambda a: a["images_per_s"])
-        found["at_once"] = {"measured": at_once, "most": most["processes"], "mps": most["mps"]}
+        found["at_once"] = {"measured": at_once, "not_measured": [failed(r) for r in not_ok if "processes" in r]}
+        if len(at_once) >= 2:
+            most = max(at_once, key=lambda a: a["images_per_s"])
+            found["at_once"] |= {"most": most["processes"], "mps": most["mps"]}
     return found
 
 
 def conclusion_lines(found: dict[str, Any]) -> list[str]:
+    def without(missing: list[dict[str, str]]) -> list[str]:
+        return [f"  not measured: {m['name']} ({m['status']})" for m in missing]
+
     lines = []
     if "final_run" in found:
         f = found["final_run"]
         lines.append(f"a {f['epochs']}-epoch final run, projected ({f['train_images']:,} images trained and "
-                     f"{f['test_images']:,} evaluated each epoch, compilation twice; no start-up or checkpoints):")
+                     f"{f['test_images']:,} evaluated each epoch, compilation once per batch shape; no start-up or "
+                     f"checkpoints):")
         for s in f["setups"]:
             mark = "  <- fastest" if s["name"] == f["fastest"] else ""
-            compiling = f" + {s['compile_s']:.0f} s compiling" if s["compile_s"] else ""
+            compiling = f" + {s['compiling_s']:.0f} s compiling" if s["compiling_s"] else ""
             lines.append(f"  {s['name']:<44}{s['seconds'] / 60:>8.1f} min  ({s['epoch_s']:.2f} s an epoch{compiling}){mark}")
+        lines += without(f["not_measured"])
     if "vs_seed_style" in found:
         lines.append(f"the fastest trains {found['vs_seed_style']:.1f}x the images/s of the seed style")
     if "evaluation_s_per_10k" in found:
@@ -419,9 +452,11 @@ def conclusion_lines(found: dict[str, Any]) -> list[str]:
     if "at_once" in found:
         a = found["at_once"]
         parts = [f"{m['processes']}{' (MPS)' if m['mps'] else ''}: {m['images_per_s']:.0f}"
-                 + (f" ({m['vs_one']:.2f}x)" if m["vs_one"] and m["processes"] > 1 else "") for m in a["measured"]]
-        lines.append(f"processes training at once, images/s in all: {', '.join(parts)}; the most: {a['most']}"
-                     f"{' under MPS' if a['mps'] else ''}")
+                 + (f" ({m['vs_one']:.2f}x)" if m["vs_one"] and (m["processes"] > 1 or m["mps"]) else "")
+                 for m in a["measured"]]
+        most = f"; the most: {a['most']}{' under MPS' if a['mps'] else ''}" if "most" in a else ""
+        lines.append(f"processes training at once, images/s in all: {', '.join(parts)}{most}")
+        lines += without(a["not_measured"])
     return ["what the figures say:", *lines] if lines else []
 
 

@@ -216,14 +216,18 @@ def test_the_suite_on_a_gpu_measures_the_decisive_setups_first_and_under_mps_too
     plan = bench.suite_plan(RecipeConfig(), torch.device("cuda"), mps=True)
     assert [m.name for m in plan] == [
         "seed style: classic, fp32, contiguous", "fast, eager", "model step (ceiling)", "evaluation",
-        "fast, compiled (reduce-overhead)", "fast, compiled (default)", "1 process at once", "2 processes at once",
-        "4 processes at once", "2 processes at once under MPS", "4 processes at once under MPS",
+        "fast, compiled (reduce-overhead)", "1 process at once", "2 processes at once", "4 processes at once",
+        "fast, compiled (default)", "2 processes at once under MPS", "4 processes at once under MPS",
         "classic, recipe settings", "fast, compiled (max-autotune-no-cudagraphs)"]
     assert [m.setup.compile for m in plan if m.name.startswith("fast, compiled")] == [
         "reduce-overhead", "default", "max-autotune-no-cudagraphs"]
     seed = plan[0].setup
     assert (seed.amp, seed.channels_last, seed.compile) == ("off", "off", "off")
     assert [(m.processes, m.mps) for m in plan if m.processes] == [(1, False), (2, False), (4, False), (2, True), (4, True)]
+    # Processes at once train as a study's trials do: the recipe's settings as given, not forced eager.
+    given = bench.suite_plan(RecipeConfig(compile="reduce-overhead"), torch.device("cuda"))
+    assert {m.setup.compile for m in given if m.processes} == {"reduce-overhead"}
+    assert {m.setup.compile for m in plan if m.processes} == {"off"}
 
 
 def test_the_suite_starts_no_measurement_once_its_budget_is_spent_and_gives_the_last_what_is_left(monkeypatch):
@@ -257,8 +261,9 @@ def test_the_suite_starts_no_measurement_once_its_budget_is_spent_and_gives_the_
     assert records[7]["same_as"] == records[0]["name"]  # measured already, so not skipped
 
 
-def fast(compile_mode, images_per_s, compile_s=None, **extra):
-    record = {"path": "fast", "compile": compile_mode, "images_per_s": images_per_s, "status": "ok", **extra}
+def fast(compile_mode, images_per_s, compile_s=None, batch_size=128, **extra):
+    record = {"path": "fast", "compile": compile_mode, "images_per_s": images_per_s, "batch_size": batch_size,
+              "status": "ok", **extra}
     return record | ({"compile_s": compile_s} if compile_s is not None else {})
 
 
@@ -280,16 +285,23 @@ def test_the_final_run_projection_weighs_compile_time_against_the_epochs_it_spee
     assert found["vs_seed_style"] == pytest.approx(5.0) and found["evaluation_s_per_10k"] == 0.2
     # A shorter run does not win back the 20 minutes of compiling: max-autotune loses; at 10 epochs eager wins.
     assert conclusions([eager, quick, slow, evaluation], epochs=10)["final_run"]["compile"] == "off"
+    # A batch size that divides the 50,000 images leaves no smaller last batch: one compilation, not two.
+    [once] = conclusions([fast("default", 25_000, compile_s=60, batch_size=125), evaluation], epochs=250)["final_run"]["setups"]
+    assert once["compiling_s"] == 60 and once["seconds"] == pytest.approx(250 * 2.2 + 60)
 
 
 def test_what_failed_was_skipped_or_measured_once_decides_nothing():
-    from recipe.bench import conclusions
+    from recipe.bench import conclusion_lines, conclusions
 
     evaluation = {"path": "eval", "seconds_per_10k": 0.2, "status": "ok"}
     failed = fast("reduce-overhead", None, status="timed out after 150 s")
     copy = fast("default", 99_999, compile_s=0, same_as="fast, eager")
     found = conclusions([fast("off", 10_000), failed, copy, evaluation], epochs=250)
     assert [s["compile"] for s in found["final_run"]["setups"]] == ["off"] and "vs_seed_style" not in found
+    # ... and is named beside what was decided without it.
+    assert found["final_run"]["not_measured"] == [{"name": "fast, compiled (reduce-overhead)",
+                                                   "status": "timed out after 150 s"}]
+    assert "  not measured: fast, compiled (reduce-overhead) (timed out after 150 s)" in conclusion_lines(found)
     assert conclusions([fast("off", 10_000)], epochs=250) == {}  # no evaluation: no final run to project
     assert conclusions([failed, evaluation], epochs=250) == {"evaluation_s_per_10k": 0.2}
 
@@ -300,11 +312,51 @@ def test_the_processes_at_once_that_train_the_most_images_are_named_with_their_g
     def at_once(n, images_per_s, mps=False, status="ok"):
         return {"path": "fast", "processes": n, "mps": mps, "images_per_s": images_per_s, "status": status}
 
-    found = conclusions([at_once(1, 8_000), at_once(2, 14_000), at_once(4, 15_000), at_once(2, 15_500, mps=True),
-                         at_once(4, 99_000, mps=True, status="timed out after 150 s")], epochs=250)
+    late = at_once(4, 99_000, mps=True, status="skipped: the suite's budget of 180 s was spent")
+    found = conclusions([at_once(1, 8_000), at_once(2, 14_000), at_once(4, 15_000), at_once(2, 15_500, mps=True), late],
+                        epochs=250)
     assert found["at_once"]["most"] == 2 and found["at_once"]["mps"] is True
     assert [round(a["vs_one"], 4) for a in found["at_once"]["measured"]] == [1.0, 1.75, 1.875, 1.9375]
     assert conclusion_lines(found) == [
         "what the figures say:",
         "processes training at once, images/s in all: 1: 8000, 2: 14000 (1.75x), 4: 15000 (1.88x), "
-        "2 (MPS): 15500 (1.94x); the most: 2 under MPS"]
+        "2 (MPS): 15500 (1.94x); the most: 2 under MPS",
+        "  not measured: fast (skipped: the suite's budget of 180 s was spent)"]
+    # One count alone (the others skipped, or --concurrent N) compares nothing: no "most".
+    alone = conclusions([at_once(1, 8_000), at_once(2, 1, status="timed out after 150 s")], epochs=250)["at_once"]
+    assert "most" not in alone and alone["not_measured"] == [{"name": "fast", "status": "timed out after 150 s"}]
+
+
+def test_on_a_gpu_the_suite_caps_each_process_by_its_budget_and_says_which_it_cut_short(monkeypatch):
+    from recipe import bench
+    from recipe.config import RecipeConfig
+
+    now = [0.0]
+    timeouts = []
+
+    def child(setup, path, steps, warmup, backend, timeout):
+        timeouts.append(timeout)
+        now[0] += min(timeout, 40.0)  # each takes 40 s, or is killed at its timeout
+        if timeout < 40.0:
+            return {"path": path, "status": f"timed out after {timeout:.0f} s"}
+        return {"path": path, "status": "ok", "images_per_s": 1.0}
+
+    monkeypatch.setattr(bench, "_clock", lambda: now[0])
+    monkeypatch.setattr(bench, "resolve_device", lambda config: torch.device("cuda"))
+    monkeypatch.setattr(bench, "setup_of", lambda setup, device: {"compile": setup.compile, "amp": setup.amp,
+                                                                   "channels_last": setup.channels_last})
+    monkeypatch.setattr(bench, "mps_available", lambda device: False)
+    monkeypatch.setattr(bench, "in_subprocess", child)
+
+    def suite(budget):
+        now[0] = 0.0
+        timeouts.clear()
+        return [r["status"] for r in bench.run_suite(RecipeConfig(), 1, 0, "inductor", timeout=150, log=lambda m: None,
+                                                     budget=budget)]
+
+    spent = "skipped: the suite's budget of {:g} s was spent"
+    # Seed style, fast eager at 0 and 40 s; the model step gets the 15 s left, and is cut short.
+    assert suite(95) == ["ok", "ok", "cut short: the suite's budget of 95 s ran out after 15 s of it"] + [spent.format(95)] * 8
+    assert timeouts == [95, 55, 15]
+    # 10 s left: less than a process on a GPU needs to start; nothing more is started.
+    assert suite(90) == ["ok", "ok"] + [spent.format(90)] * 9 and timeouts == [90, 50]

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +67,16 @@ def test_quick_check_benchmarks_every_path_mode_and_concurrency(quick):
     assert report["environment"]["device"] == "cpu"
     # What the figures say, from those figures: the final run's setups and how many processes train the most.
     found = report["conclusions"]
-    assert [s["compile"] for s in found["final_run"]["setups"]] == ["off", "default"]
-    assert found["final_run"]["compile"] in ("off", "default") and found["at_once"]["most"] in (1, 2)
-    assert found["evaluation_s_per_10k"] == report["measurements"][3]["seconds_per_10k"]
+    eager, evaluation = report["measurements"][1], report["measurements"][3]
+    per_epoch = {r["compile"]: 50_000 / r["images_per_s"] + evaluation["seconds_per_10k"] for r in (eager, compiled)}
+    # Batch 16 divides the 50,000 images: no smaller last batch, so one compilation.
+    assert [(s["compile"], s["seconds"]) for s in found["final_run"]["setups"]] == [
+        ("off", pytest.approx(250 * per_epoch["off"])),
+        ("default", pytest.approx(250 * per_epoch["default"] + compiled["compile_s"]))]
+    assert found["final_run"]["not_measured"] == [] and found["at_once"]["not_measured"] == []
+    processes = report["measurements"][5:7]
+    assert found["at_once"]["most"] == max(processes, key=lambda r: r["images_per_s"])["processes"]
+    assert found["evaluation_s_per_10k"] == evaluation["seconds_per_10k"]
 
 
 def test_quick_check_resumes_the_killed_run_for_its_last_two_epochs(quick):
@@ -110,25 +118,41 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, small_npz, make_args, fragme
     assert not (tmp_path / "out").exists()
 
 
-def plan_of(final_run, quick=False, train_images=50_000, seconds=200.0):
+def gpu_check_module():
     sys.path.insert(0, str(REPO / "benchmarks"))
     import gpu_check
 
+    return gpu_check
+
+
+def plan_of(final_run, quick=False, train_images=50_000, seconds=200.0):
+    gpu_check = gpu_check_module()
     bench = {"report": {"conclusions": {"final_run": final_run}}} if final_run else {"status": "failed: timed out"}
     return gpu_check.run_plan(bench, gpu_check.Sizes(quick), train_images, seconds)
 
 
+# As the bench writes them: compiling_s is one process's compilations (the full batch and the last, smaller one).
 FINAL_RUN = {"fastest": "fast, compiled (reduce-overhead)", "setups": [
-    {"name": "fast, eager", "compile": "off", "images_per_s": 5_500, "compile_s": 0.0},
-    {"name": "fast, compiled (reduce-overhead)", "compile": "reduce-overhead", "images_per_s": 27_500, "compile_s": 40.0}]}
+    {"name": "fast, eager", "compile": "off", "images_per_s": 5_500, "compiling_s": 0.0},
+    {"name": "fast, compiled (reduce-overhead)", "compile": "reduce-overhead", "images_per_s": 27_500, "compiling_s": 40.0}]}
 
 
 def test_the_real_data_run_trains_in_the_benchs_fastest_setup_for_as_many_epochs_as_fit():
     plan = plan_of(FINAL_RUN)
-    # 200 s less two compilations (2 x 40 s) at 2 s an epoch (50,000 images at 27,500/s, and a tenth for evaluation).
+    # 200 s less the run's and the resumed run's compilations (2 x 40 s), at 2 s an epoch (50,000 images at
+    # 27,500/s, and a tenth more for evaluation).
     assert plan == {"compile": "reduce-overhead", "epochs": 60, "why": "the bench's fastest setup for a final run"}
     eager_first = FINAL_RUN | {"fastest": "fast, eager"}
     assert plan_of(eager_first)["compile"] == "off" and plan_of(eager_first)["epochs"] == 20  # 200 s / 10 s
+
+
+def test_a_fastest_setup_that_cannot_train_the_fewest_epochs_in_the_time_gives_way_to_one_that_can():
+    # 82 s: 80 s of compiling leave 2 s, one epoch; eager trains 8 in them.
+    plan = plan_of(FINAL_RUN, seconds=82.0)
+    assert (plan["compile"], plan["epochs"]) == ("off", 8)
+    assert plan["why"] == ("the bench's fastest for a final run (fast, compiled (reduce-overhead)) would not train 3 "
+                           "epochs in 82 s; this setup trains the most in them")
+    assert plan_of(FINAL_RUN, seconds=86.0)["compile"] == "reduce-overhead"  # 6 s: 3 epochs fit
 
 
 def test_at_toy_size_or_without_the_benchs_figures_the_run_trains_eagerly_for_the_fewest_epochs():
@@ -138,3 +162,37 @@ def test_at_toy_size_or_without_the_benchs_figures_the_run_trains_eagerly_for_th
     assert plan_of(None) == {"compile": "off", "epochs": 3, "why": "the bench measured no training speed"}
     # Out of time already: still the fewest epochs that kill and resume.
     assert plan_of(FINAL_RUN, seconds=-50.0)["epochs"] == 3
+
+
+def test_the_run_trains_in_what_the_bench_left_less_the_studys_quarter_or_as_long_as_asked():
+    gpu_check = gpu_check_module()
+    gpu = gpu_check.Sizes(quick=False)
+    # 8 minutes: 300 s left after the bench; 120 s kept for the study; two process starts of 20 s.
+    assert gpu_check.run_time(gpu, 300.0, 480.0, study_possible=True, run_seconds=None) == (140.0, 180.0)
+    assert gpu_check.run_time(gpu, 300.0, 480.0, study_possible=False, run_seconds=None) == (260.0, 300.0)
+    # --run-seconds: as long as asked, its timeout following it rather than --minutes.
+    assert gpu_check.run_time(gpu, 300.0, 480.0, study_possible=True, run_seconds=400.0) == (400.0, 1500.0)
+    # The bench overran: the run still gets a minute before it is stopped.
+    assert gpu_check.run_time(gpu, 100.0, 480.0, study_possible=True, run_seconds=None) == (-60.0, 60.0)
+    assert gpu_check.run_time(gpu_check.Sizes(quick=True), 300.0, 480.0, True, None) == (2.0, 180.0)
+
+
+def running(pid: int) -> bool:
+    """Whether pid is a live process (a killed one waiting to be reaped by whoever adopted it is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_step_that_runs_out_of_time_is_stopped_with_every_process_it_started(tmp_path):
+    gpu_check = gpu_check_module()
+    pid_file = tmp_path / "child.pid"
+    script = f"sleep 60 & echo $! > {pid_file}; wait"
+    code, seconds = gpu_check.run_logged(["bash", "-c", script], tmp_path / "step.log", timeout=1.0)
+    assert code is None and seconds < 30
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while running(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(child)  # the step's own child went with it
