@@ -97,6 +97,13 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def cudagraph_skips() -> int:
+    """How many compiled graphs inductor ran without CUDA graphs in reduce-overhead mode, in this process."""
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
+
+
 def measure(config: RecipeConfig, path: str, steps: int, warmup: int, *, compile_backend: str = "inductor",
             barrier: Callable[[], None] = lambda: None) -> dict[str, Any]:
     """Images per second of one path with the setup `config` describes, in this process.
@@ -144,6 +151,7 @@ def measure(config: RecipeConfig, path: str, steps: int, warmup: int, *, compile
         raise ValueError(f"unknown path {path!r}")
     # The schedule's length changes what the lr is, not how fast a step runs: long enough for any warm-up.
     step = make_step(model, config, device, max(steps + warmup, 100), compile_backend=compile_backend)
+    skips_before = cudagraph_skips()
 
     def steps_of(n: int) -> None:
         train_epoch(step, itertools.islice(source, n), device=device)
@@ -162,6 +170,10 @@ def measure(config: RecipeConfig, path: str, steps: int, warmup: int, *, compile
     if config.compile != "off":
         # What the warm-up cost beyond as many steady steps: compilation (and CUDA graph recording).
         record["compile_s"] = max(0.0, warmup_s - warmup * seconds / steps)
+    if config.compile == "reduce-overhead" and device.type == "cuda":
+        # Inductor falls back to plain compiled kernels, silently, for a graph it cannot record as a CUDA
+        # graph: then this mode measures no CUDA graphs. It counts each such graph.
+        record["cudagraph_skips"] = cudagraph_skips() - skips_before
     return record
 
 
@@ -492,6 +504,8 @@ def table(report: dict[str, Any]) -> str:
             note += f"; {r['seconds_per_10k']:.3f} s per 10,000 images"
         if "same_as" in r:
             note += f"; the same setup as {r['same_as']} here: measured once"
+        if r.get("cudagraph_skips"):
+            note += f"; NO CUDA graphs for {r['cudagraph_skips']} of its graphs (TORCH_LOGS=cudagraphs says why)"
         lines.append(f"{_name(r):<40}{r['images_per_s']:>10.0f}{ms:>9}{vs:>15}{comp:>11}  {note}")
     return "\n".join(lines + conclusion_lines(report.get("conclusions", {})))
 

@@ -360,3 +360,25 @@ def test_on_a_gpu_the_suite_caps_each_process_by_its_budget_and_says_which_it_cu
     assert timeouts == [95, 55, 15]
     # 10 s left: less than a process on a GPU needs to start; nothing more is started.
     assert suite(90) == ["ok", "ok"] + [spent.format(90)] * 9 and timeouts == [90, 50]
+
+
+def test_a_reduce_overhead_measurement_without_cuda_graphs_says_so():
+    # Inductor counts each graph it could not record as a CUDA graph (it then runs it without, silently).
+    from torch._dynamo.utils import counters
+
+    from recipe.bench import cudagraph_skips, table
+
+    before = cudagraph_skips()
+    counters["inductor"]["cudagraph_skips"] += 2
+    try:
+        assert cudagraph_skips() == before + 2
+    finally:
+        counters["inductor"]["cudagraph_skips"] -= 2
+    record = {"name": "fast, compiled (reduce-overhead)", "path": "fast", "compile": "reduce-overhead", "width": 64,
+              "batch_size": 128, "amp": "bfloat16", "channels_last": True, "images_per_s": 9_000.0, "ms_per_step": 14.2,
+              "compile_s": 30.0, "cudagraph_skips": 2, "status": "ok"}
+    report = {"environment": {"device": "NVIDIA H100", "torch": "2.11", "python": "3.12", "host_cpus": 16},
+              "measurements": [record, record | {"cudagraph_skips": 0, "name": "recorded"}]}
+    lines = table(report).splitlines()
+    assert lines[2].endswith("; NO CUDA graphs for 2 of its graphs (TORCH_LOGS=cudagraphs says why)")
+    assert "CUDA graphs" not in lines[3]
