@@ -12,11 +12,12 @@ synchronisations after untimed warm-up steps (which also compile, where the setu
 torchvision transforms on PIL images in a DataLoader. "eval" is the evaluation pass, in images/s.
 
 The suite measures, the decisive ones first: the seed's style (classic, fp32, contiguous), fast
-eager, the model step, evaluation, fast compiled (reduce-overhead and default; on a CPU only the
-default mode: the others differ only on a GPU), 1, 2 and 4 processes training at once on one device
-(1 and 2 on a CPU) (Ray's fractional-GPU trials), also under CUDA MPS where nvidia-cuda-mps-control
-exists (the bench starts and stops its own daemon), classic with the recipe's CUDA settings, and on
-a GPU last, fast compiled with max-autotune-no-cudagraphs (the longest to compile). On a CPU the
+eager, the model step, evaluation, fast compiled in the mode likeliest to pay (reduce-overhead on
+a GPU; on a CPU only the default mode: the others differ only on a GPU), 1, 2 and 4 processes
+training at once on one device (1 and 2 on a CPU) in the setup given (Ray's fractional-GPU trials),
+the other compile modes, the processes again under CUDA MPS where nvidia-cuda-mps-control exists
+(the bench starts and stops its own daemon), classic with the recipe's CUDA settings, and on a GPU
+last, fast compiled with max-autotune-no-cudagraphs (the longest to compile). On a CPU the
 recipe's CUDA settings are the seed's setup: that record is the seed style's, marked "same_as".
 Every measurement is a record of the JSON report, with its setup; one that fails, runs out of time
 or is left when the suite's --budget is spent says so and the suite goes on. Under the table (and
