@@ -25,6 +25,7 @@ the tests run it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -72,15 +73,16 @@ def run_time(sizes: Sizes, left_s: float, total_s: float, study_possible: bool,
              run_seconds: float | None) -> tuple[float, float]:
     """(seconds the real-data run trains, its timeout) with left_s of the check's total_s left after the bench.
 
-    The run gets what is left less the study's share (where a study will run) and two process starts;
-    --run-seconds, where given, instead (its timeout then follows it, not --minutes).
+    The run gets what is left less the study's share (where a study will run) and two process starts, and
+    trains 90% of that (checkpoints, an evaluation slower than a tenth of an epoch); --run-seconds, where
+    given, instead (its timeout then follows it, not --minutes).
     """
     window = left_s - (STUDY_SHARE * total_s if study_possible else 0.0)
     if sizes.run_seconds is not None:
         return sizes.run_seconds, max(window, 60.0)
     if run_seconds is not None:
         return run_seconds, 3 * run_seconds + 300
-    return window - 2 * START_S, max(window, 60.0)
+    return 0.9 * (window - 2 * START_S), max(window, 60.0)
 
 
 def study_toml(data: Path, quick: bool) -> str:
@@ -212,11 +214,10 @@ def env() -> dict[str, str]:
 
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL a process started with start_new_session, and every process it started (a bench's measurements,
-    a study's Ray workers): nothing of a step cut short stays on the GPU."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+    a study's Ray workers), unless it has ended: nothing of a step cut short stays on the GPU."""
+    if proc.poll() is None:  # an ended process's pid may be another's by now
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
@@ -229,8 +230,9 @@ def run_logged(argv: list[str], log: Path, timeout: float) -> tuple[int | None, 
         try:
             code: int | None = proc.wait(timeout=max(timeout, 0.1))
         except subprocess.TimeoutExpired:
-            kill_group(proc)
             code = None
+        finally:  # also on Ctrl-C, or the SIGTERM main() turns into an exit: its own session shields it from both
+            kill_group(proc)
     return code, time.perf_counter() - t0
 
 
@@ -303,11 +305,13 @@ def run_step(out: Path, data: Path, sizes: Sizes, run_seconds: float, bench: dic
         with open(out / "run.log", "w") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO,
                                     env=env(), start_new_session=True)
-            while proc.poll() is None and time.perf_counter() - t0 < timeout:
-                if metrics.exists() and len(metrics.read_text().splitlines()) - 1 >= kill_after:
-                    break
-                time.sleep(0.05)
-            kill_group(proc)  # the kill the run must survive, or the end of its time
+            try:
+                while proc.poll() is None and time.perf_counter() - t0 < timeout:
+                    if metrics.exists() and len(metrics.read_text().splitlines()) - 1 >= kill_after:
+                        break
+                    time.sleep(0.05)
+            finally:
+                kill_group(proc)  # the kill the run must survive, or the end of its time
         if not metrics.exists() or len(metrics.read_text().splitlines()) - 1 < kill_after:
             why = f"timed out after {timeout:.0f} s" if time.perf_counter() - t0 >= timeout else last_line(out / "run.log")
             return record | {"status": f"failed before epoch {kill_after}: {why}"}
@@ -457,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"--out {out}: cannot write there ({e.strerror or e})")
     data = data.resolve()
     sizes = Sizes(args.quick)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the running step's processes go with it
     t0 = time.perf_counter()
 
     total = 60 * args.minutes
@@ -472,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     study_possible = subprocess.run([sys.executable, "-c", "import ray, optuna"], capture_output=True, env=env()).returncode == 0
     run_seconds, run_timeout = run_time(sizes, left(), total, study_possible, args.run_seconds)
     run = run_step(out, data, sizes, run_seconds, bench, timeout=run_timeout)
+    if args.run_seconds is None and "timed out" in run["status"]:
+        run["status"] = f"cut short: the check's {args.minutes:g} minutes ran out ({run['status']})"
     print(f"    {run['status']}", flush=True)
     print("3/3 a miniature study ...", flush=True)
     if not study_possible:

@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -99,7 +100,7 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def cudagraph_skips() -> int:
-    """How many compiled graphs inductor ran without CUDA graphs in reduce-overhead mode, in this process."""
+    """How many times inductor ran a graph without CUDA graphs in reduce-overhead mode, in this process."""
     from torch._dynamo.utils import counters
 
     return counters["inductor"]["cudagraph_skips"]
@@ -152,7 +153,8 @@ def measure(config: RecipeConfig, path: str, steps: int, warmup: int, *, compile
         raise ValueError(f"unknown path {path!r}")
     # The schedule's length changes what the lr is, not how fast a step runs: long enough for any warm-up.
     step = make_step(model, config, device, max(steps + warmup, 100), compile_backend=compile_backend)
-    skips_before = cudagraph_skips()
+    graphed = config.compile == "reduce-overhead" and device.type == "cuda" and compile_backend == "inductor"
+    skips_before = cudagraph_skips() if graphed else 0
 
     def steps_of(n: int) -> None:
         train_epoch(step, itertools.islice(source, n), device=device)
@@ -171,9 +173,10 @@ def measure(config: RecipeConfig, path: str, steps: int, warmup: int, *, compile
     if config.compile != "off":
         # What the warm-up cost beyond as many steady steps: compilation (and CUDA graph recording).
         record["compile_s"] = max(0.0, warmup_s - warmup * seconds / steps)
-    if config.compile == "reduce-overhead" and device.type == "cuda":
-        # Inductor falls back to plain compiled kernels, silently, for a graph it cannot record as a CUDA
-        # graph: then this mode measures no CUDA graphs. It counts each such graph.
+    if graphed:
+        # Inductor falls back to plain compiled kernels, silently, where it cannot record a CUDA graph (at
+        # compile time, or at a replay that would be unsafe): then this mode measures no CUDA graphs. It
+        # counts each time.
         record["cudagraph_skips"] = cudagraph_skips() - skips_before
     return record
 
@@ -206,17 +209,25 @@ def cold_caches(env: dict[str, str], root: Path) -> dict[str, str]:
 
 
 def in_subprocess(config: RecipeConfig, path: str, steps: int, warmup: int, backend: str, timeout: float) -> dict[str, Any]:
-    """One measurement in a fresh process (its own compile caches and device memory), within `timeout` seconds."""
-    with tempfile.TemporaryDirectory() as tmp:
+    """One measurement in a fresh process (its own compile caches and device memory), within `timeout` seconds.
+    On a timeout the process and every one it started (inductor's compile workers) are killed."""
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
         out = Path(tmp) / "m.json"
+        proc = subprocess.Popen([*_child_argv(config, path, steps, warmup, backend), "--json", str(out)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                                env=cold_caches(dict(os.environ), Path(tmp)), start_new_session=True)
         try:
-            proc = subprocess.run([*_child_argv(config, path, steps, warmup, backend), "--json", str(out)],
-                                  capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-                                  env=cold_caches(dict(os.environ), Path(tmp)))
+            stdout, stderr = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"path": path, **_setup_dict(config), "status": _failure(None, timeout)}
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
         if proc.returncode != 0 or not out.exists():
-            return {"path": path, **_setup_dict(config), "status": _failure(proc)}
+            return {"path": path, **_setup_dict(config),
+                    "status": _failure(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))}
         return _read_child(out) | {"status": "ok"}
 
 
@@ -267,7 +278,7 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
     """
     threads = max(1, torch.get_num_threads() // n)
     record: dict[str, Any] = {"path": "fast", **_setup_dict(config), "processes": n, "mps": mps}
-    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         go = root / "go"
         env = dict(os.environ)
@@ -369,11 +380,12 @@ def run_suite(config: RecipeConfig, steps: int, warmup: int, backend: str, timeo
             records.append(measured[runs] | {"name": m.name, "same_as": measured[runs]["name"]})
             continue
         left = timeout if deadline is None else min(timeout, deadline - _clock())
-        if left < MIN_LEFT_S.get(device.type, 0.0) or left <= 0:
-            log(f"{m.name}: skipped, the suite's {budget:g} s are spent")
+        if deadline is not None and left < max(MIN_LEFT_S.get(device.type, 0.0), 1e-9):
+            why = "was spent" if left <= 0 else f"had under {MIN_LEFT_S[device.type]:g} s left"
+            log(f"{m.name}: skipped, the suite's budget of {budget:g} s {why}")
             records.append({"name": m.name, "path": m.path, **_setup_dict(m.setup),
                             **({"processes": m.processes, "mps": m.mps} if m.processes else {}),
-                            "status": f"skipped: the suite's budget of {budget:g} s was spent"})
+                            "status": f"skipped: the suite's budget of {budget:g} s {why}"})
             continue
         log(f"measuring: {m.name}")
         if m.processes:
@@ -393,7 +405,7 @@ def run_suite(config: RecipeConfig, steps: int, warmup: int, backend: str, timeo
 
 def conclusions(measurements: list[dict[str, Any]], epochs: int) -> dict[str, Any]:
     """What the measurements decide, from the figures alone: those that failed, ran out of time or were
-    skipped decide nothing, and are named beside what was decided without them.
+    skipped decide nothing, and are named (not_measured) after what was decided without them.
 
     - final_run: each single-process fast-path setup's time for a final run of `epochs` epochs, projected:
       each epoch trains TRAIN_IMAGES at the setup's rate and evaluates TEST_IMAGES at the evaluation's rate;
@@ -425,8 +437,7 @@ def conclusions(measurements: list[dict[str, Any]], epochs: int) -> dict[str, An
             setups.append(setup | {"seconds": epochs * setup["epoch_s"] + setup["compiling_s"]})
         fastest = min(setups, key=lambda s: s["seconds"])
         found["final_run"] = {"epochs": epochs, "train_images": TRAIN_IMAGES, "test_images": TEST_IMAGES,
-                              "setups": setups, "fastest": fastest["name"], "compile": fastest["compile"],
-                              "not_measured": [failed(r) for r in not_ok if r["path"] == "fast" and "processes" not in r]}
+                              "setups": setups, "fastest": fastest["name"], "compile": fastest["compile"]}
         seed = next((r for r in ok if _name(r).startswith("seed style")), None)
         if seed is not None:
             found["vs_seed_style"] = fastest["images_per_s"] / seed["images_per_s"]
@@ -436,17 +447,16 @@ def conclusions(measurements: list[dict[str, Any]], epochs: int) -> dict[str, An
         one = next((a["images_per_s"] for a in at_once if a["processes"] == 1 and not a["mps"]), None)
         for a in at_once:
             a["vs_one"] = a["images_per_s"] / one if one else None
-        found["at_once"] = {"measured": at_once, "not_measured": [failed(r) for r in not_ok if "processes" in r]}
-        if len(at_once) >= 2:
+        found["at_once"] = {"measured": at_once}
+        if len({a["processes"] for a in at_once}) >= 2:
             most = max(at_once, key=lambda a: a["images_per_s"])
             found["at_once"] |= {"most": most["processes"], "mps": most["mps"]}
+    if not_ok:
+        found["not_measured"] = [failed(r) for r in not_ok]
     return found
 
 
 def conclusion_lines(found: dict[str, Any]) -> list[str]:
-    def without(missing: list[dict[str, str]]) -> list[str]:
-        return [f"  not measured: {m['name']} ({m['status']})" for m in missing]
-
     lines = []
     if "final_run" in found:
         f = found["final_run"]
@@ -457,7 +467,6 @@ def conclusion_lines(found: dict[str, Any]) -> list[str]:
             mark = "  <- fastest" if s["name"] == f["fastest"] else ""
             compiling = f" + {s['compiling_s']:.0f} s compiling" if s["compiling_s"] else ""
             lines.append(f"  {s['name']:<44}{s['seconds'] / 60:>8.1f} min  ({s['epoch_s']:.2f} s an epoch{compiling}){mark}")
-        lines += without(f["not_measured"])
     if "vs_seed_style" in found:
         lines.append(f"the fastest trains {found['vs_seed_style']:.1f}x the images/s of the seed style")
     if "evaluation_s_per_10k" in found:
@@ -469,7 +478,7 @@ def conclusion_lines(found: dict[str, Any]) -> list[str]:
                  for m in a["measured"]]
         most = f"; the most: {a['most']}{' under MPS' if a['mps'] else ''}" if "most" in a else ""
         lines.append(f"processes training at once, images/s in all: {', '.join(parts)}{most}")
-        lines += without(a["not_measured"])
+    lines += [f"not measured: {m['name']} ({m['status']})" for m in found.get("not_measured", [])]
     return ["what the figures say:", *lines] if lines else []
 
 
@@ -506,7 +515,7 @@ def table(report: dict[str, Any]) -> str:
         if "same_as" in r:
             note += f"; the same setup as {r['same_as']} here: measured once"
         if r.get("cudagraph_skips"):
-            note += f"; NO CUDA graphs for {r['cudagraph_skips']} of its graphs (TORCH_LOGS=cudagraphs says why)"
+            note += f"; CUDA graphs skipped {r['cudagraph_skips']} times (TORCH_LOGS=cudagraphs says why)"
         lines.append(f"{_name(r):<40}{r['images_per_s']:>10.0f}{ms:>9}{vs:>15}{comp:>11}  {note}")
     return "\n".join(lines + conclusion_lines(report.get("conclusions", {})))
 
@@ -545,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=180.0,
                         help="seconds each process of --suite (on a GPU) or --concurrent may take (default: 180)")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
-                        help="--suite only: start no measurement after SECONDS, and on a GPU let none run past them; "
+                        help="--suite only: start no measurement after SECONDS (on a GPU, none with under 15 s of them left), "
+                             "and on a GPU let none run past them; "
                              "those left are recorded as skipped (the suite runs the decisive ones first)")
     parser.add_argument("--compile-backend", default="inductor",
                         help="torch.compile's backend where the setup compiles (default: inductor; the modes apply to it)")

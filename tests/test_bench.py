@@ -257,7 +257,7 @@ def test_the_suite_starts_no_measurement_once_its_budget_is_spent_and_gives_the_
     assert timeouts == {1: 2.0}  # what the budget had left: less than the measurement's own timeout
     skipped = records[6]
     assert (skipped["name"], skipped["processes"], skipped["mps"], skipped["width"]) == ("2 processes at once", 2, False, 4)
-    assert "images_per_s" not in skipped and "2 processes at once: skipped, the suite's 22 s are spent" in logged
+    assert "images_per_s" not in skipped and "2 processes at once: skipped, the suite's budget of 22 s was spent" in logged
     assert records[7]["same_as"] == records[0]["name"]  # measured already, so not skipped
 
 
@@ -298,12 +298,13 @@ def test_what_failed_was_skipped_or_measured_once_decides_nothing():
     copy = fast("default", 99_999, compile_s=0, same_as="fast, eager")
     found = conclusions([fast("off", 10_000), failed, copy, evaluation], epochs=250)
     assert [s["compile"] for s in found["final_run"]["setups"]] == ["off"] and "vs_seed_style" not in found
-    # ... and is named beside what was decided without it.
-    assert found["final_run"]["not_measured"] == [{"name": "fast, compiled (reduce-overhead)",
-                                                   "status": "timed out after 150 s"}]
-    assert "  not measured: fast, compiled (reduce-overhead) (timed out after 150 s)" in conclusion_lines(found)
+    # ... and is named after what was decided without it.
+    assert found["not_measured"] == [{"name": "fast, compiled (reduce-overhead)", "status": "timed out after 150 s"}]
+    assert conclusion_lines(found)[-1] == "not measured: fast, compiled (reduce-overhead) (timed out after 150 s)"
     assert conclusions([fast("off", 10_000)], epochs=250) == {}  # no evaluation: no final run to project
-    assert conclusions([failed, evaluation], epochs=250) == {"evaluation_s_per_10k": 0.2}
+    # Nothing decided: what was not measured is named all the same.
+    assert conclusions([failed, evaluation], epochs=250) == {"evaluation_s_per_10k": 0.2,
+                                                             "not_measured": found["not_measured"]}
 
 
 def test_the_processes_at_once_that_train_the_most_images_are_named_with_their_gain_over_one():
@@ -321,10 +322,11 @@ def test_the_processes_at_once_that_train_the_most_images_are_named_with_their_g
         "what the figures say:",
         "processes training at once, images/s in all: 1: 8000, 2: 14000 (1.75x), 4: 15000 (1.88x), "
         "2 (MPS): 15500 (1.94x); the most: 2 under MPS",
-        "  not measured: fast (skipped: the suite's budget of 180 s was spent)"]
-    # One count alone (the others skipped, or --concurrent N) compares nothing: no "most".
-    alone = conclusions([at_once(1, 8_000), at_once(2, 1, status="timed out after 150 s")], epochs=250)["at_once"]
-    assert "most" not in alone and alone["not_measured"] == [{"name": "fast", "status": "timed out after 150 s"}]
+        "not measured: fast (skipped: the suite's budget of 180 s was spent)"]
+    # One count alone (the others skipped, or --concurrent N, with or without MPS) compares nothing: no "most".
+    alone = conclusions([at_once(1, 8_000), at_once(2, 1, status="timed out after 150 s")], epochs=250)
+    assert "most" not in alone["at_once"] and alone["not_measured"] == [{"name": "fast", "status": "timed out after 150 s"}]
+    assert "most" not in conclusions([at_once(2, 14_000), at_once(2, 15_500, mps=True)], epochs=250)["at_once"]
 
 
 def test_on_a_gpu_the_suite_caps_each_process_by_its_budget_and_says_which_it_cut_short(monkeypatch):
@@ -347,6 +349,8 @@ def test_on_a_gpu_the_suite_caps_each_process_by_its_budget_and_says_which_it_cu
                                                                    "channels_last": setup.channels_last})
     monkeypatch.setattr(bench, "mps_available", lambda device: False)
     monkeypatch.setattr(bench, "in_subprocess", child)
+    monkeypatch.setattr(bench, "concurrent", lambda setup, n, steps, warmup, backend, timeout, mps=False:
+                        child(setup, "fast", steps, warmup, backend, timeout) | {"processes": n, "mps": mps})
 
     def suite(budget):
         now[0] = 0.0
@@ -359,7 +363,10 @@ def test_on_a_gpu_the_suite_caps_each_process_by_its_budget_and_says_which_it_cu
     assert suite(95) == ["ok", "ok", "cut short: the suite's budget of 95 s ran out after 15 s of it"] + [spent.format(95)] * 8
     assert timeouts == [95, 55, 15]
     # 10 s left: less than a process on a GPU needs to start; nothing more is started.
-    assert suite(90) == ["ok", "ok"] + [spent.format(90)] * 9 and timeouts == [90, 50]
+    assert suite(90) == ["ok", "ok"] + ["skipped: the suite's budget of 90 s had under 15 s left"] * 9
+    assert timeouts == [90, 50]
+    # No budget: every measurement has its own timeout, however short.
+    assert suite(None) == ["ok"] * 11 and timeouts == [150] * 11
 
 
 def test_a_reduce_overhead_measurement_without_cuda_graphs_says_so():
@@ -380,5 +387,5 @@ def test_a_reduce_overhead_measurement_without_cuda_graphs_says_so():
     report = {"environment": {"device": "NVIDIA H100", "torch": "2.11", "python": "3.12", "host_cpus": 16},
               "measurements": [record, record | {"cudagraph_skips": 0, "name": "recorded"}]}
     lines = table(report).splitlines()
-    assert lines[2].endswith("; NO CUDA graphs for 2 of its graphs (TORCH_LOGS=cudagraphs says why)")
+    assert lines[2].endswith("; CUDA graphs skipped 2 times (TORCH_LOGS=cudagraphs says why)")
     assert "CUDA graphs" not in lines[3]

@@ -73,7 +73,7 @@ def test_quick_check_benchmarks_every_path_mode_and_concurrency(quick):
     assert [(s["compile"], s["seconds"]) for s in found["final_run"]["setups"]] == [
         ("off", pytest.approx(250 * per_epoch["off"])),
         ("default", pytest.approx(250 * per_epoch["default"] + compiled["compile_s"]))]
-    assert found["final_run"]["not_measured"] == [] and found["at_once"]["not_measured"] == []
+    assert "not_measured" not in found  # every measurement ran
     processes = report["measurements"][5:7]
     assert found["at_once"]["most"] == max(processes, key=lambda r: r["images_per_s"])["processes"]
     assert found["evaluation_s_per_10k"] == evaluation["seconds_per_10k"]
@@ -167,13 +167,13 @@ def test_at_toy_size_or_without_the_benchs_figures_the_run_trains_eagerly_for_th
 def test_the_run_trains_in_what_the_bench_left_less_the_studys_quarter_or_as_long_as_asked():
     gpu_check = gpu_check_module()
     gpu = gpu_check.Sizes(quick=False)
-    # 8 minutes: 300 s left after the bench; 120 s kept for the study; two process starts of 20 s.
-    assert gpu_check.run_time(gpu, 300.0, 480.0, study_possible=True, run_seconds=None) == (140.0, 180.0)
-    assert gpu_check.run_time(gpu, 300.0, 480.0, study_possible=False, run_seconds=None) == (260.0, 300.0)
+    # 8 minutes: 300 s left after the bench; 120 s kept for the study; two process starts of 20 s; 90% of the rest.
+    assert gpu_check.run_time(gpu, 300.0, 480.0, study_possible=True, run_seconds=None) == (pytest.approx(126.0), 180.0)
+    assert gpu_check.run_time(gpu, 300.0, 480.0, study_possible=False, run_seconds=None) == (pytest.approx(234.0), 300.0)
     # --run-seconds: as long as asked, its timeout following it rather than --minutes.
     assert gpu_check.run_time(gpu, 300.0, 480.0, study_possible=True, run_seconds=400.0) == (400.0, 1500.0)
     # The bench overran: the run still gets a minute before it is stopped.
-    assert gpu_check.run_time(gpu, 100.0, 480.0, study_possible=True, run_seconds=None) == (-60.0, 60.0)
+    assert gpu_check.run_time(gpu, 100.0, 480.0, study_possible=True, run_seconds=None) == (pytest.approx(-54.0), 60.0)
     assert gpu_check.run_time(gpu_check.Sizes(quick=True), 300.0, 480.0, True, None) == (2.0, 180.0)
 
 
@@ -189,7 +189,7 @@ def test_a_step_that_runs_out_of_time_is_stopped_with_every_process_it_started(t
     gpu_check = gpu_check_module()
     pid_file = tmp_path / "child.pid"
     script = f"sleep 60 & echo $! > {pid_file}; wait"
-    code, seconds = gpu_check.run_logged(["bash", "-c", script], tmp_path / "step.log", timeout=1.0)
+    code, seconds = gpu_check.run_logged(["bash", "-c", script], tmp_path / "step.log", timeout=5.0)
     assert code is None and seconds < 30
     child = int(pid_file.read_text())
     deadline = time.monotonic() + 5
