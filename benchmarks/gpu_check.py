@@ -25,7 +25,6 @@ the tests run it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import os
@@ -41,7 +40,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from recipe.cli import Parser, fail  # noqa: E402
+from recipe.cli import Parser, fail, kill_group  # noqa: E402
 from recipe.data import DataError, load_npz  # noqa: E402
 
 
@@ -212,15 +211,6 @@ def env() -> dict[str, str]:
                          "PYTHONUNBUFFERED": "1"}
 
 
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL a process started with start_new_session, and every process it started (a bench's measurements,
-    a study's Ray workers), unless it has ended: nothing of a step cut short stays on the GPU."""
-    if proc.poll() is None:  # an ended process's pid may be another's by now
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
 def run_logged(argv: list[str], log: Path, timeout: float) -> tuple[int | None, float]:
     """Runs argv with its output into log; returns (exit status or None on a timeout, seconds)."""
     t0 = time.perf_counter()
@@ -232,7 +222,7 @@ def run_logged(argv: list[str], log: Path, timeout: float) -> tuple[int | None, 
         except subprocess.TimeoutExpired:
             code = None
         finally:  # also on Ctrl-C, or the SIGTERM main() turns into an exit: its own session shields it from both
-            kill_group(proc)
+            kill_group(proc)  # nothing of a step cut short stays on the GPU
     return code, time.perf_counter() - t0
 
 

@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from recipe.checkpoint import write_json
-from recipe.cli import Parser, fail, flag, add_config_flags, given_settings
+from recipe.cli import Parser, fail, flag, add_config_flags, given_settings, kill_group
 from recipe.config import RecipeConfig, RecipeError
 from recipe.data import SYNTHETIC_TEST, SYNTHETIC_TRAIN, Arrays, synthetic
 from recipe.engine import DeviceData, LoaderData, evaluate, train_epoch
@@ -221,10 +220,7 @@ def in_subprocess(config: RecipeConfig, path: str, steps: int, warmup: int, back
         except subprocess.TimeoutExpired:
             return {"path": path, **_setup_dict(config), "status": _failure(None, timeout)}
         finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.communicate()
+            kill_group(proc)
         if proc.returncode != 0 or not out.exists():
             return {"path": path, **_setup_dict(config),
                     "status": _failure(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))}
@@ -380,7 +376,7 @@ def run_suite(config: RecipeConfig, steps: int, warmup: int, backend: str, timeo
             records.append(measured[runs] | {"name": m.name, "same_as": measured[runs]["name"]})
             continue
         left = timeout if deadline is None else min(timeout, deadline - _clock())
-        if deadline is not None and left < max(MIN_LEFT_S.get(device.type, 0.0), 1e-9):
+        if deadline is not None and (left <= 0 or left < MIN_LEFT_S.get(device.type, 0.0)):
             why = "was spent" if left <= 0 else f"had under {MIN_LEFT_S[device.type]:g} s left"
             log(f"{m.name}: skipped, the suite's budget of {budget:g} s {why}")
             records.append({"name": m.name, "path": m.path, **_setup_dict(m.setup),
@@ -417,9 +413,6 @@ def conclusions(measurements: list[dict[str, Any]], epochs: int) -> dict[str, An
     - at_once: processes training at once on the device (Ray's trials sharing it), by images/s in all; where
       two counts or more were measured, the one that trains the most images: how many trials per GPU.
     """
-    def failed(r: dict[str, Any]) -> dict[str, str]:
-        return {"name": _name(r), "status": r["status"]}
-
     ok = [r for r in measurements if r.get("status", "ok") == "ok" and "same_as" not in r]
     not_ok = [r for r in measurements if r.get("status", "ok") != "ok"]
     found: dict[str, Any] = {}
@@ -452,7 +445,7 @@ def conclusions(measurements: list[dict[str, Any]], epochs: int) -> dict[str, An
             most = max(at_once, key=lambda a: a["images_per_s"])
             found["at_once"] |= {"most": most["processes"], "mps": most["mps"]}
     if not_ok:
-        found["not_measured"] = [failed(r) for r in not_ok]
+        found["not_measured"] = [{"name": _name(r), "status": r["status"]} for r in not_ok]
     return found
 
 

@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import os
+import signal
+import subprocess
 import sys
 from typing import Any, Iterable, NoReturn
 
@@ -55,3 +59,12 @@ def given_settings(args: argparse.Namespace, names: Iterable[str] | None = None)
     """The recipe settings the user gave on the command line."""
     fields = names or [f.name for f in dataclasses.fields(RecipeConfig)]
     return {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started with start_new_session and every process it started (compile workers, a
+    study's Ray workers), unless it has ended (its pid may be another's by now); then reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
