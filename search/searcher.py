@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from typing import Any
 
 import optuna
@@ -98,7 +99,12 @@ class StudySearcher(OptunaSearch):
         if epoch is None or value is None or not math.isfinite(value):
             return
         try:
-            self._ot_trials[trial_id].report(float(value), int(epoch))
+            with warnings.catch_warnings():
+                # An epoch run again (a trial restarted from epoch 0, or resumed from an older checkpoint) keeps the
+                # value Optuna has, as ASHA keeps its first judgement (tuning.StudyASHA): by design, not worth a
+                # warning. From Python 3.12 Optuna's warnings name the caller, so run.py's filter by module misses it.
+                warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
+                self._ot_trials[trial_id].report(float(value), int(epoch))
         except Exception as e:  # a trial told before a restore cannot take values again
             if is_disk_full(e):  # optuna.db cannot be written: the study stops, its state saved
                 raise

@@ -1,4 +1,5 @@
 """The searcher's bookkeeping, driven the way Tune drives it, read back from the SQLite study."""
+import warnings
 from types import SimpleNamespace
 
 import optuna
@@ -125,6 +126,21 @@ def test_trials_left_running_at_the_end_are_failed_with_a_reason(setup):
     assert fail_running(reopen(), "lost") == [0]
     states = [t.state for t in reopen().trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE]
+
+
+def test_epochs_a_restarted_trial_runs_again_keep_optunas_first_values_without_a_warning(setup):
+    _, searcher, reopen = setup
+    searcher.suggest("t0")
+    for epoch, value in ((1, 0.1), (2, 0.2)):
+        searcher.on_trial_result("t0", {"epoch": epoch, "eval_acc": value, "status": "running"})
+    why = "its checkpoint /x/last.pt could not be used (truncated); restarted from epoch 0"
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")  # Optuna warns of each epoch told twice unless the searcher sees to it
+        run_epochs(searcher, "t0", [0.15, 0.25, 0.3, 0.4], restarted=why)
+    assert [str(w.message) for w in warned] == []
+    t = reopen().trials[0]
+    assert t.state == TrialState.COMPLETE and t.value == 0.4 and t.user_attrs["restarted"] == why
+    assert t.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}  # as ASHA keeps its first judgement
 
 
 def test_a_restart_is_recorded_also_when_asha_stops_the_trial_at_its_first_epoch_back(setup):
