@@ -189,9 +189,11 @@ def test_a_failed_download_is_one_line_saying_why_and_where_to_get_the_data(work
     url = CIFAR100.url
     result = call(train_main, [*tiny_flags(data="cifar100"), "--data-dir", str(work / "data"), "--download",
                                "--out", str(work / "run")], capsys)
-    # torchvision's download progress bar may come first; then one line, and no traceback.
+    # torchvision's own "Downloading URL to PATH" (on stdout, in older torchvision: 0.19 has it, 0.26 not) and its
+    # progress bar (stderr) may come first; then one line, and no traceback.
+    out = "".join(line for line in result.out.splitlines(keepends=True) if not line.startswith(f"Downloading {url} "))
     last = result.err.splitlines()[-1] + "\n"
-    assert_usage_error(Result(result.code, result.out, last), "CIFAR-100 could not be downloaded into",
+    assert_usage_error(Result(result.code, out, last), "CIFAR-100 could not be downloaded into",
                        str(work / "data"), "404" if served == "nothing" else "corrupted", url)
     assert "Traceback" not in result.err
     assert not (work / "run").exists()
