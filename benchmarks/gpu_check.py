@@ -405,13 +405,20 @@ def summary_md(args: argparse.Namespace, bench: dict, run: dict, study: dict, to
     if study.get("status") == "ok":
         lines += [f"`{study['command']}`: {study['wall_s']:.0f} s end to end; {study['trials']} trials: "
                   f"{study['complete']} complete, {study['pruned']} stopped by ASHA, {study['failed']} failed; best trial "
-                  f"{study['best_trial']} ({pct(study['best_value'])} validation accuracy, mean "
-                  f"{pct(study['best_mean_value'])} over {study['best_runs']} runs after re-validation); final run"
+                  f"{study['best_trial']} ({pct(study['best_value'])} validation accuracy"
+                  f"{revalidated(study)}); final run"
                   f"{'s' if study['final_seeds'] > 1 else ''} {pct(study['final_test_acc'])} test accuracy"
                   f"{' (mean of ' + str(study['final_seeds']) + ' seeds)' if study['final_seeds'] > 1 else ''} after "
                   f"{study['final_epochs']} epochs; GPU memory peak "
                   f"{study['gpu_memory_peak_mib'] if study['gpu_memory_peak_mib'] is not None else '-'} MiB."]
     return "\n".join(lines) + "\n"
+
+
+def revalidated(study: dict) -> str:
+    """', mean X over N runs after re-validation' where the best trial was trained again; nothing where it was not."""
+    if study["best_runs"] < 2:
+        return ""
+    return f", mean {pct(study['best_mean_value'])} over {study['best_runs']} runs after re-validation"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,8 +97,17 @@ def test_quick_check_runs_a_miniature_study_on_the_data(quick):
     assert study["status"] == "ok", study
     assert study["trials"] == 2 and study["complete"] + study["pruned"] == 2 and study["failed"] == 0
     assert study["final_epochs"] == 2 and 0 <= study["final_test_acc"] <= 1 and study["final_seeds"] == 1
-    # No re-validation at toy size (the search tests have their own): the choice rests on one run.
+    # No re-validation at toy size (the search tests have their own): the choice rests on one run, and the
+    # summary says no more.
     assert study["best_runs"] == 1 and study["best_mean_value"] == study["best_value"]
+    assert "re-validation" not in (out / "summary.md").read_text()
+
+
+def test_the_summary_gives_the_mean_over_the_best_trials_runs_where_it_was_revalidated():
+    gpu_check = gpu_check_module()
+    study = {"best_runs": 3, "best_mean_value": 0.6123}
+    assert gpu_check.revalidated(study) == ", mean 61.23% over 3 runs after re-validation"
+    assert gpu_check.revalidated(study | {"best_runs": 1}) == ""
 
 
 @pytest.mark.parametrize("make_args, fragment", [
