@@ -80,8 +80,13 @@ def steps_per_epoch(config: RecipeConfig, train_images: int) -> int:
 
 
 def make_optimizer(model: nn.Module, config: RecipeConfig, device: torch.device | None = None) -> torch.optim.SGD:
-    """SGD, with fused kernels on CUDA (one launch for all parameters; elsewhere torch's default)."""
-    fused = device is not None and device.type == "cuda"
+    """SGD, with fused kernels on CUDA (one launch for all parameters; elsewhere torch's default).
+
+    Not fused under fp16: fused SGD takes a step the GradScaler skips (an overflow, common in the first
+    steps) as a step, and on the first one leaves its momentum buffers as torch.empty_like made them,
+    so training goes on from uninitialised memory. torch's default there (foreach) skips it whole.
+    """
+    fused = device is not None and device.type == "cuda" and amp_dtype(config, device) != torch.float16
     return torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
         weight_decay=config.weight_decay, fused=fused or None,
@@ -132,7 +137,12 @@ def make_step(model: nn.Module, config: RecipeConfig, device: torch.device, tota
     scheduler = make_scheduler(optimizer, config, total_steps)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     if state is not None:
+        # A checkpoint's param groups carry the kernels of the device that wrote it (fused or not); a run
+        # resumed on another device keeps this one's, as fused SGD with a GradScaler must match its construction.
+        kernels = {k: optimizer.param_groups[0][k] for k in ("fused", "foreach")}
         optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            group.update(kernels)
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
