@@ -8,6 +8,7 @@ log-uniformly, the first that fits is filled with 0; none fitting means no erasi
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -31,9 +32,16 @@ def normalize(x_uint8_nhwc: torch.Tensor) -> torch.Tensor:
     The result is a permuted view of an NHWC tensor, i.e. already channels_last in memory.
     """
     x = x_uint8_nhwc.permute(0, 3, 1, 2).float()
-    mean = torch.tensor(CIFAR100_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(CIFAR100_STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = mean_std(x.device)
     return (x / 255 - mean) / std
+
+
+@functools.cache
+def mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """CIFAR-100's mean and std, (1, 3, 1, 1) on the device, made once per device: a tensor made from Python
+    values is a copy from the host, which on CUDA waits for the device, once per batch it would be made."""
+    return (torch.tensor(CIFAR100_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(CIFAR100_STD, device=device).view(1, 3, 1, 1))
 
 
 def crop_flip(x: torch.Tensor) -> torch.Tensor:

@@ -155,6 +155,21 @@ def test_the_fast_path_hands_the_model_channels_last_batches_when_asked():
             assert x.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
+def test_the_fast_path_makes_its_batches_from_nothing_on_the_host(monkeypatch):
+    """A tensor made from Python or NumPy values is a copy from the host: on CUDA one that waits for the device,
+    so one per batch would stall the step loop. The fast path's batches are made on the device from device data."""
+    arrays = Arrays(np.random.default_rng(0).integers(0, 256, (80, 32, 32, 3), dtype=np.uint8), np.zeros(80, np.int64))
+    data = DeviceData(arrays, torch.device("cpu"), True)
+    next(data.train_batches(32, 0.5))  # what is made once per device (the mean and std) is made by now
+
+    def from_host(*args, **kwargs):
+        raise AssertionError("a tensor made from host values while batches are made")
+    for name in ("tensor", "as_tensor", "from_numpy"):
+        monkeypatch.setattr(torch, name, from_host)
+    assert sum(len(y) for _, y in data.train_batches(32, 0.5)) == 80
+    assert sum(len(y) for _, y in data.eval_batches(32)) == 80
+
+
 def test_both_paths_evaluate_on_identical_normalised_images():
     arrays = Arrays(np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), np.zeros(64, np.int64))
     fast = torch.cat([x for x, _ in DeviceData(arrays, torch.device("cpu"), False).eval_batches(32)])
