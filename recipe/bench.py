@@ -31,7 +31,9 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -248,19 +250,46 @@ def mps_available(device: torch.device) -> bool:
 
 
 class MpsDaemon:
-    """A CUDA MPS control daemon of our own (own pipe and log directories), stopped on exit."""
+    """A CUDA MPS control daemon of our own (own pipe and log directories), stopped on exit.
+
+    On exit, `clients` is the number of CUDA processes that reached it (its control.log's "NEW CLIENT"
+    lines): a process that cannot reach the daemon runs as it would without MPS, saying nothing. A daemon
+    whose quit hangs (quit waits for its servers and their clients) is killed, by the PID its log gives,
+    and `stop_note` says so.
+    """
+
+    QUIT_TIMEOUT_S = 30.0
 
     def __init__(self, root: Path) -> None:
         self.env = os.environ | {"CUDA_MPS_PIPE_DIRECTORY": str(root / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(root / "log")}
+        self.log = root / "log" / "control.log"
         (root / "pipe").mkdir()
         (root / "log").mkdir()
+        self.clients, self.stop_note = 0, ""
 
     def __enter__(self) -> "MpsDaemon":
         subprocess.run([MPS_CONTROL, "-d"], env=self.env, check=True, capture_output=True, timeout=30)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        subprocess.run([MPS_CONTROL], input="quit\n", env=self.env, capture_output=True, text=True, timeout=30)
+        try:
+            subprocess.run([MPS_CONTROL], input="quit\n", env=self.env, capture_output=True, text=True,
+                           timeout=self.QUIT_TIMEOUT_S)
+        except (OSError, subprocess.SubprocessError) as e:
+            pid = self._daemon_pid()
+            if pid is not None:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            self.stop_note = (f"the MPS daemon did not quit ({type(e).__name__}): "
+                              + (f"killed (PID {pid})" if pid is not None else "left running, its PID unknown"))
+        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
+        self.clients = text.count("NEW CLIENT")
+
+    def _daemon_pid(self) -> int | None:
+        """The control daemon's PID, from its log's first line: "[date time Control PID] Starting control daemon"."""
+        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
+        found = re.search(r"Control +(\d+)\] Starting control daemon", text)
+        return int(found.group(1)) if found else None
 
 
 def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: str, timeout: float,
@@ -274,13 +303,15 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
     """
     threads = max(1, torch.get_num_threads() // n)
     record: dict[str, Any] = {"path": "fast", **_setup_dict(config), "processes": n, "mps": mps}
+    daemon = None
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
         go = root / "go"
         env = dict(os.environ)
         if mps:
             try:
-                env = dict(stack.enter_context(MpsDaemon(root)).env)
+                daemon = MpsDaemon(root)
+                env = dict(stack.enter_context(daemon).env)
             except (OSError, subprocess.SubprocessError) as e:
                 return record | {"status": f"failed: could not start the MPS daemon ({e})"}
         env = cold_caches(env, root)
@@ -309,6 +340,12 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
         if errors:
             return record | {"status": errors[0]}
         parts = [_read_child(root / f"{i}.json") for i in range(n)]
+    if daemon is not None:  # stopped by now, its log read
+        if daemon.stop_note:
+            record["mps_stop"] = daemon.stop_note
+        if daemon.clients < n:
+            return record | {"status": f"failed: {daemon.clients} of the {n} processes reached the MPS daemon "
+                                       f"(its control.log); the others ran without MPS"}
     span = max(p["t_end"] for p in parts) - min(p["t_start"] for p in parts)
     images = sum(p["images"] for p in parts)
     return record | {"status": "ok", "images": images, "images_per_s": images / span,
@@ -492,8 +529,9 @@ def table(report: dict[str, Any]) -> str:
                     if r["path"] == "model-step" and r.get("status", "ok") == "ok"), None)
     for r in report["measurements"]:
         setup = f"width {r['width']}, batch {r['batch_size']}, amp {r['amp']}, channels_last {r['channels_last']}"
+        stop = f"; {r['mps_stop']}" if r.get("mps_stop") else ""
         if r.get("status", "ok") != "ok":
-            lines.append(f"{_name(r):<40}{'-':>10}{'-':>9}{'-':>15}{'-':>11}  {r['status']}")
+            lines.append(f"{_name(r):<40}{'-':>10}{'-':>9}{'-':>15}{'-':>11}  {r['status']}{stop}")
             continue
         ms = f"{r['ms_per_step']:.1f}" if "ms_per_step" in r else "-"
         vs = f"{r['images_per_s'] / ceiling:.2f}" if ceiling and r["path"] != "eval" else "-"
@@ -509,6 +547,7 @@ def table(report: dict[str, Any]) -> str:
             note += f"; the same setup as {r['same_as']} here: measured once"
         if r.get("cudagraph_skips"):
             note += f"; CUDA graphs skipped {r['cudagraph_skips']} times (TORCH_LOGS=cudagraphs says why)"
+        note += stop
         lines.append(f"{_name(r):<40}{r['images_per_s']:>10.0f}{ms:>9}{vs:>15}{comp:>11}  {note}")
     return "\n".join(lines + conclusion_lines(report.get("conclusions", {})))
 

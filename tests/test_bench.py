@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -389,3 +391,61 @@ def test_a_reduce_overhead_measurement_without_cuda_graphs_says_so():
     lines = table(report).splitlines()
     assert lines[2].endswith("; CUDA graphs skipped 2 times (TORCH_LOGS=cudagraphs says why)")
     assert "CUDA graphs" not in lines[3]
+
+
+
+# A stand-in for nvidia-cuda-mps-control, which a CPU machine lacks: -d starts a "daemon" (a sleep) and logs its
+# start as the real one does, with the "NEW CLIENT" lines FAKE_MPS_CLIENTS asks for (the real daemon logs one per
+# CUDA process that reaches it); quit ends the daemon, or hangs where FAKE_MPS_QUIT=hang.
+FAKE_MPS_CONTROL = """#!/usr/bin/env bash
+log="$CUDA_MPS_LOG_DIRECTORY/control.log"
+if [ "${1:-}" = -d ]; then
+  sleep 600 </dev/null >/dev/null 2>&1 &
+  echo "[2026-11-28 00:00:00.000 Control $!] Starting control daemon using socket $CUDA_MPS_PIPE_DIRECTORY/control" >> "$log"
+  for i in $(seq 1 "$FAKE_MPS_CLIENTS"); do echo "[2026-11-28 00:00:01.000 Control $!] NEW CLIENT $i from user 0" >> "$log"; done
+  echo $! > "$FAKE_MPS_PID_FILE"
+  exit 0
+fi
+read -r command
+[ "$command" = quit ] || exit 1
+[ "${FAKE_MPS_QUIT:-}" = hang ] && exec sleep 600  # exec: the process the timeout kills
+kill "$(cat "$FAKE_MPS_PID_FILE")"
+"""
+
+
+def ended(pid: int) -> bool:
+    """Whether a process has ended (gone, or a zombie not yet reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.parametrize("clients, quit", [(1, "ok"), (0, "hang")], ids=["reached", "not reached, quit hangs"])
+def test_processes_under_mps_count_only_if_they_reached_the_daemon_which_is_stopped_even_when_quit_hangs(
+        tmp_path, monkeypatch, clients, quit):
+    from recipe import bench
+    from recipe.config import RecipeConfig
+    fake, pid_file = tmp_path / "bin" / bench.MPS_CONTROL, tmp_path / "daemon.pid"
+    fake.parent.mkdir()
+    fake.write_text(FAKE_MPS_CONTROL)
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MPS_CLIENTS", str(clients))
+    monkeypatch.setenv("FAKE_MPS_QUIT", quit)
+    monkeypatch.setenv("FAKE_MPS_PID_FILE", str(pid_file))
+    monkeypatch.setattr(bench.MpsDaemon, "QUIT_TIMEOUT_S", 2.0)
+    config = RecipeConfig(data="synthetic", width=4, batch_size=16, device="cpu", workers=0)
+    record = bench.concurrent(config, 1, steps=2, warmup=1, backend="eager", timeout=120, mps=True)
+    pid = int(pid_file.read_text())
+    assert record["mps"] is True
+    if clients:
+        assert record["status"] == "ok" and "mps_stop" not in record
+    else:
+        assert record["status"] == "failed: 0 of the 1 processes reached the MPS daemon (its control.log); the " \
+                                    "others ran without MPS"
+        assert record["mps_stop"] == f"the MPS daemon did not quit (TimeoutExpired): killed (PID {pid})"
+    deadline = time.monotonic() + 5
+    while not ended(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ended(pid)
