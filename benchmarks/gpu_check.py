@@ -1,6 +1,6 @@
 """Where a new GPU machine stands, in one command: benchmarks/gpu_check.sh --data PATH.npz --out DIR [--quick]
 
-Within --minutes in all (default 8):
+Within --minutes in all (default 8), counted from the start to the summary's last write:
 
 1. The bench suite (python -m recipe.bench --suite), within 37.5% of that: the seed's style, the
    fast path eager and in every compile mode, evaluation, and 1, 2 and 4 processes training at once
@@ -16,11 +16,12 @@ Within --minutes in all (default 8):
    4 trials sharing the GPU, a 2-epoch final run), in the time left (skipped under 100 s).
 
 It writes DIR/summary.md (every figure in tables, the device named), DIR/bench.json, run.json and
-study.json, and the logs of each step, and prints the summary. A step that fails or runs out of
-time is stopped with every process it started, reported, and the next one runs; the exit status is
-1 if any failed (a step skipped or cut short for want of time is not a failure). --quick runs the same
-steps at toy sizes on a CPU (width 4, a few hundred images, trained eagerly) in a minute or two:
-the tests run it.
+study.json, and the logs of each step, and prints the summary. The summary is written after each
+step too, so a check stopped from outside (a machine's time limit) leaves the figures of the steps
+it finished. A step that fails or runs out of time is stopped with every process it started,
+reported, and the next one runs; the exit status is 1 if any failed (a step skipped or cut short
+for want of time is not a failure). --quick runs the same steps at toy sizes on a CPU (width 4, a
+few hundred images, trained eagerly) in a minute or two: the tests run it.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+STARTED = time.perf_counter()  # the check's clock: before torch and the data load, which count against --minutes
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -66,6 +68,8 @@ class Sizes:
 # Shares of --minutes: the bench suite's budget, and what is kept for the study after the run.
 DEFAULT_MINUTES, BENCH_SHARE, STUDY_SHARE = 8.0, 0.375, 0.25
 START_S = 20  # a recipe process's start before its first epoch (Python, torch, CUDA, the data), each of two
+WRITE_S = 5.0  # kept at the end of --minutes for writing the summary
+NOT_REACHED = {"status": "not reached"}  # a step the check has not got to (yet, or ever if it was stopped)
 
 
 def run_time(sizes: Sizes, left_s: float, total_s: float, study_possible: bool,
@@ -387,7 +391,8 @@ def summary_md(args: argparse.Namespace, bench: dict, run: dict, study: dict, to
         from recipe.bench import table
         lines += ["```", table(bench["report"]), "```", "",
                   "`python -m recipe.bench --suite " + " ".join(Sizes(args.quick).bench) + "`; every record in bench.json."]
-    lines += ["", f"## 2. The seed recipe on the data, {run.get('epochs', '?')} epochs, killed and resumed ({run['status']})", ""]
+    epochs = f", {run['epochs']} epochs" if "epochs" in run else ""
+    lines += ["", f"## 2. The seed recipe on the data{epochs}, killed and resumed ({run['status']})", ""]
     if "per_epoch" in run:
         lines += [f"`{run['command']}` (compile {run['compile']}: {run['compile_why']}), SIGKILL once epoch "
                   f"{run['killed_after_epoch']} was in metrics.csv, then "
@@ -429,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the same steps at toy sizes on a CPU")
     parser.add_argument("--minutes", type=float, default=DEFAULT_MINUTES,
                         help=f"the time the check may take in all (default: 8): the bench suite's budget is "
-                             f"{BENCH_SHARE:.1%} of it, {STUDY_SHARE:.0%} is kept for the study, the run trains in the rest")
+                             f"{100 * BENCH_SHARE:g}%% of it, {100 * STUDY_SHARE:g}%% is kept for the study, the run "
+                             f"trains in the rest")  # %%: argparse formats help with %
     parser.add_argument("--run-seconds", type=float,
                         help="how long the real-data run should train, at the bench's speed (default: what --minutes "
                              "leaves it)")
@@ -459,17 +465,29 @@ def main(argv: list[str] | None = None) -> int:
     data = data.resolve()
     sizes = Sizes(args.quick)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the running step's processes go with it
-    t0 = time.perf_counter()
+    from recipe.checkpoint import write_json, write_text
 
+    t0 = STARTED
     total = 60 * args.minutes
-    deadline = t0 + total
+    deadline = t0 + total - WRITE_S  # the summary is written within --minutes too
 
     def left() -> float:
         return deadline - time.perf_counter()
 
+    def write(bench: dict, run: dict, study: dict) -> str:
+        """summary.md, run.json and study.json as they stand: after each step, so that a check stopped from
+        outside (a machine's time limit) leaves the figures of the steps it finished."""
+        for name, step in (("run", run), ("study", study)):
+            if step is not NOT_REACHED:
+                write_json(out / f"{name}.json", step)
+        text = summary_md(args, bench, run, study, time.perf_counter() - t0)
+        write_text(out / "summary.md", text)
+        return text
+
     print("1/3 bench suite ...", flush=True)
     bench = bench_step(out, sizes, BENCH_SHARE * total)
     print(f"    {bench['status']} ({bench['seconds']:.0f} s)", flush=True)
+    write(bench, NOT_REACHED, NOT_REACHED)
     print("2/3 the seed recipe on the data, killed and resumed ...", flush=True)
     study_possible = subprocess.run([sys.executable, "-c", "import ray, optuna"], capture_output=True, env=env()).returncode == 0
     run_seconds, run_timeout = run_time(sizes, left(), total, study_possible, args.run_seconds)
@@ -477,6 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_seconds is None and "timed out" in run["status"]:
         run["status"] = f"cut short: the check's {args.minutes:g} minutes ran out ({run['status']})"
     print(f"    {run['status']}", flush=True)
+    write(bench, run, NOT_REACHED)
     print("3/3 a miniature study ...", flush=True)
     if not study_possible:
         study = {"status": "skipped: ray or optuna is not installed"}
@@ -488,14 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         if study["status"] == "failed: timed out":
             study["status"] = f"cut short: the check's {args.minutes:g} minutes ran out"
     print(f"    {study['status']}", flush=True)
-
-    from recipe.checkpoint import write_json, write_text
-
-    write_json(out / "run.json", run)
-    write_json(out / "study.json", study)
-    text = summary_md(args, bench, run, study, time.perf_counter() - t0)
-    write_text(out / "summary.md", text)
-    print(text)
+    print(write(bench, run, study))
     failed = [s for s in (bench, run, study) if s["status"] != "ok" and not s["status"].startswith(("skipped", "cut short"))]
     return 1 if failed else 0
 

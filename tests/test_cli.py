@@ -644,3 +644,14 @@ def test_training_needs_no_plotly_and_says_once_that_curves_are_skipped(tmp_path
     assert "completed: 2/2 epochs" in proc.stdout and "curves:" not in proc.stdout
     assert len(read_metrics(tmp_path / "run")) == 2 and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
     assert not (tmp_path / "run" / "curves.html").exists()
+
+
+def test_every_command_says_how_it_is_used_with_help(capsys):
+    # argparse formats each flag's help with %: a bare % in a help text is a crash of --help alone.
+    import recipe.bench
+    for main in (train_main, recipe.bench.main, search_run.main, report.main):
+        result = call(main, ["--help"], capsys)
+        assert result.code == 0 and result.out.startswith("usage: ") and result.err == "", (main.__module__, result)
+    proc = subprocess.run(["bash", str(Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh"), "--help"],
+                          env=os.environ | {"PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage: ") and "37.5% of it" in proc.stdout, proc.stderr

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,9 +35,28 @@ def small_npz(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def quick(small_npz, tmp_path_factory):
+def quick_run(small_npz, tmp_path_factory):
+    """gpu_check --quick, and summary.md as it stood when the study began (read as "3/3" was printed)."""
     out = tmp_path_factory.mktemp("gpu_check") / "out"
-    proc = gpu_check("--data", str(small_npz), "--out", str(out), "--quick")
+    err = tmp_path_factory.mktemp("gpu_check_err") / "stderr"
+    with err.open("w") as err_file, subprocess.Popen(
+            ["bash", str(SCRIPT), "--data", str(small_npz), "--out", str(out), "--quick"], cwd=REPO,
+            env=os.environ | {"PYTHON": sys.executable}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=err_file, text=True) as proc:
+        watchdog = threading.Timer(600, proc.kill)  # as gpu_check()'s timeout
+        watchdog.start()
+        lines, before_study = [], None
+        for line in proc.stdout:
+            if line.startswith("3/3") and (out / "summary.md").exists():
+                before_study = (out / "summary.md").read_text()
+            lines.append(line)
+        watchdog.cancel()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines), err.read_text()), out, before_study
+
+
+@pytest.fixture(scope="module")
+def quick(quick_run):
+    proc, out, _ = quick_run
     return proc, out
 
 
@@ -49,6 +69,13 @@ def test_quick_check_runs_every_step_and_prints_the_summary_it_writes(quick):
                     "## 3. A miniature study (ok)"):
         assert heading in summary, heading
     assert summary in proc.stdout
+
+
+def test_the_summary_is_written_after_each_step_so_a_check_stopped_from_outside_leaves_what_it_measured(quick_run):
+    _, out, before_study = quick_run
+    assert before_study is not None
+    assert "## 1. Bench suite (ok" in before_study and "killed and resumed (ok)" in before_study
+    assert "## 3. A miniature study (not reached)" in before_study
 
 
 def test_quick_check_benchmarks_every_path_mode_and_concurrency(quick):
