@@ -168,6 +168,7 @@ class RecipeConfig:
 
 
 # Settings that may differ between a run and its resumption: they change where or how fast
-# the run goes, not what it computes.
+# the run goes, not what it computes; but amp and channels_last "auto" follow the device, so a
+# run resumed on another kind of device (CPU to CUDA) goes on in that device's precision.
 RESUME_MAY_DIFFER = frozenset({"device", "data_dir", "download", "workers", "compile"})
 

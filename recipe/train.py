@@ -211,7 +211,9 @@ def train(
     After every epoch, `callback(metrics, last_checkpoint_path)` is called with that epoch's
     metrics (plus "status") once its checkpoint is on disk; the path is None for an epoch that
     diverged, which is not checkpointed. With resume=True the run continues from
-    out_dir/checkpoints/last.pt and ends exactly where an uninterrupted run would. Bad input
+    out_dir/checkpoints/last.pt with the same random streams (data order, augmentation, dropout): on a
+    CPU it ends exactly where an uninterrupted run would; on CUDA, within what cuDNN's nondeterministic
+    kernels (autotuned convolutions, pooling's backward) leave between two uninterrupted runs. Bad input
     raises a RecipeError before anything is written. curves=False skips curves.html and
     keep_best=False skips checkpoints/best.pt (a search's trials need neither). compile_backend is
     torch.compile's backend where config.compile asks for compilation (tests use "aot_eager").
