@@ -60,6 +60,8 @@ def test_bench_json_names_the_device_and_versions_and_has_one_record_per_measure
         assert r["images"] == 2 * 16
     evaluation = report["measurements"][3]
     assert evaluation["seconds_per_10k"] == pytest.approx(10_000 / evaluation["images_per_s"])
+    # Whole passes over the 2,000 evaluation images on a CPU, as many as hold 2 batches of 4 x 16: one.
+    assert (evaluation["passes"], evaluation["images"]) == (1, 2_000)
 
 
 def test_bench_json_file_and_json_line_are_the_same_report(bench):
