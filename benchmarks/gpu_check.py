@@ -467,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # the running step's processes go with it
     from recipe.checkpoint import write_json, write_text
 
+    for name in ("summary.md", "bench.json", "run.json", "study.json"):  # an earlier check's, in a reused --out
+        (out / name).unlink(missing_ok=True)
     t0 = STARTED
     total = 60 * args.minutes
     deadline = t0 + total - WRITE_S  # the summary is written within --minutes too
@@ -477,9 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     def write(bench: dict, run: dict, study: dict) -> str:
         """summary.md, run.json and study.json as they stand: after each step, so that a check stopped from
         outside (a machine's time limit) leaves the figures of the steps it finished."""
-        for name, step in (("run", run), ("study", study)):
-            if step is not NOT_REACHED:
-                write_json(out / f"{name}.json", step)
+        write_json(out / "run.json", run)
+        write_json(out / "study.json", study)
         text = summary_md(args, bench, run, study, time.perf_counter() - t0)
         write_text(out / "summary.md", text)
         return text

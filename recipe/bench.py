@@ -258,11 +258,12 @@ class MpsDaemon:
 
     On exit, `clients` is the number of CUDA processes that reached it (its control.log's "NEW CLIENT"
     lines): a process that cannot reach the daemon runs as it would without MPS, saying nothing. A daemon
-    whose quit hangs (quit waits for its servers and their clients) is killed, by the PID its log gives,
-    and `stop_note` says so.
+    whose quit hangs (quit waits for its servers and their clients) is killed with its servers, by the
+    PIDs its log gives (each checked to be an MPS process first), and `stop_note` says so.
     """
 
     QUIT_TIMEOUT_S = 30.0
+    PIDS = re.compile(r"(?:Control +(\d+)\] Starting control daemon|Starting new server (\d+))")
 
     def __init__(self, root: Path) -> None:
         self.env = os.environ | {"CUDA_MPS_PIPE_DIRECTORY": str(root / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(root / "log")}
@@ -280,20 +281,31 @@ class MpsDaemon:
             subprocess.run([MPS_CONTROL], input="quit\n", env=self.env, capture_output=True, text=True,
                            timeout=self.QUIT_TIMEOUT_S)
         except (OSError, subprocess.SubprocessError) as e:
-            pid = self._daemon_pid()
-            if pid is not None:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+            killed = [pid for pid in self._pids() if _kill_mps_process(pid)]
             self.stop_note = (f"the MPS daemon did not quit ({type(e).__name__}): "
-                              + (f"killed (PID {pid})" if pid is not None else "left running, its PID unknown"))
-        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
-        self.clients = text.count("NEW CLIENT")
+                              + (f"killed it and its servers (PIDs {', '.join(map(str, killed))})" if killed
+                                 else "found no MPS process of it to kill"))
+        self.clients = self._log().count("NEW CLIENT")
 
-    def _daemon_pid(self) -> int | None:
-        """The control daemon's PID, from its log's first line: "[date time Control PID] Starting control daemon"."""
-        text = self.log.read_text(errors="replace") if self.log.is_file() else ""
-        found = re.search(r"Control +(\d+)\] Starting control daemon", text)
-        return int(found.group(1)) if found else None
+    def _log(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.is_file() else ""
+
+    def _pids(self) -> list[int]:
+        """The control daemon's PID and its servers', as its log gives them ("[date time Control PID] Starting
+        control daemon ...", "... Starting new server PID for user UID")."""
+        return [int(a or b) for a, b in self.PIDS.findall(self._log())]
+
+
+def _kill_mps_process(pid: int) -> bool:
+    """SIGKILL pid if it is an MPS process (its name, /proc/PID/comm, as the kernel cuts it to 15 characters, is
+    "nvidia-cuda-mps"): a PID from a log may have ended and been given to another process since."""
+    try:
+        if not Path(f"/proc/{pid}/comm").read_text().startswith(MPS_CONTROL[:15]):
+            return False
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
 
 
 def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: str, timeout: float,
@@ -310,7 +322,6 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
     daemon = None
     with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp, contextlib.ExitStack() as stack:
         root = Path(tmp)
-        go = root / "go"
         env = dict(os.environ)
         if mps:
             try:
@@ -320,42 +331,53 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
                 return record | {"status": f"failed: could not start the MPS daemon ({e})"}
         env = cold_caches(env, root)
         env["OMP_NUM_THREADS"] = str(threads)  # torch's threads in each process, whatever this one's environment says
-        procs: list[subprocess.Popen] = []
-        stack.callback(lambda: [(p.kill(), p.wait()) for p in procs if p.poll() is None])
-        for i in range(n):
-            argv = [*_child_argv(config, "fast", steps, warmup, backend), "--json", str(root / f"{i}.json"),
-                    "--ready-file", str(root / f"ready{i}"), "--go-file", str(go)]
-            procs.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE, text=True))
-        deadline = time.monotonic() + timeout
-        while not all((root / f"ready{i}").exists() for i in range(n)):
-            if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        go.touch()
-        errors = []
-        for p in procs:
-            try:
-                _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                return record | {"status": f"timed out after {timeout:.0f} s"}
-            if p.returncode != 0:
-                errors.append(_failure(subprocess.CompletedProcess(p.args, p.returncode, "", err)))
-        if errors:
-            return record | {"status": errors[0]}
-        parts = [_read_child(root / f"{i}.json") for i in range(n)]
-    if daemon is not None:  # stopped by now, its log read
+        outcome = _at_once(config, n, steps, warmup, backend, timeout, root, env, stack)
+    if daemon is not None:  # stopped by now, after the processes (the stack closes last in, first out), its log read
         if daemon.stop_note:
             record["mps_stop"] = daemon.stop_note
-        if daemon.clients < n:
-            return record | {"status": f"failed: {daemon.clients} of the {n} processes reached the MPS daemon "
-                                       f"(its control.log); the others ran without MPS"}
+        if "parts" in outcome and daemon.clients < n:
+            outcome = {"status": f"failed: {daemon.clients} of the {n} processes reached the MPS daemon "
+                                 f"(its control.log); the others ran without MPS"}
+    if "parts" not in outcome:
+        return record | outcome
+    parts = outcome["parts"]
     span = max(p["t_end"] for p in parts) - min(p["t_start"] for p in parts)
     images = sum(p["images"] for p in parts)
     return record | {"status": "ok", "images": images, "images_per_s": images / span,
                      "per_process_images_per_s": [p["images_per_s"] for p in parts],
                      "per_process_threads": [p["threads"] for p in parts],
                      "ms_per_step": sum(p["ms_per_step"] for p in parts) / n, "steps": steps, "warmup": warmup}
+
+
+def _at_once(config: RecipeConfig, n: int, steps: int, warmup: int, backend: str, timeout: float, root: Path,
+             env: dict[str, str], stack: contextlib.ExitStack) -> dict[str, Any]:
+    """concurrent()'s processes, killed as `stack` closes if still running: {"parts": each one's record}, or
+    {"status": why not}."""
+    go = root / "go"
+    procs: list[subprocess.Popen] = []
+    stack.callback(lambda: [(p.kill(), p.wait()) for p in procs if p.poll() is None])
+    for i in range(n):
+        argv = [*_child_argv(config, "fast", steps, warmup, backend), "--json", str(root / f"{i}.json"),
+                "--ready-file", str(root / f"ready{i}"), "--go-file", str(go)]
+        procs.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.PIPE, text=True))
+    deadline = time.monotonic() + timeout
+    while not all((root / f"ready{i}").exists() for i in range(n)):
+        if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    go.touch()
+    errors = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            return {"status": f"timed out after {timeout:.0f} s"}
+        if p.returncode != 0:
+            errors.append(_failure(subprocess.CompletedProcess(p.args, p.returncode, "", err)))
+    if errors:
+        return {"status": errors[0]}
+    return {"parts": [_read_child(root / f"{i}.json") for i in range(n)]}
 
 
 # --- the suite ---------------------------------------------------------------------------------

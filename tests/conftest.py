@@ -63,6 +63,14 @@ def pytest_collection_modifyitems(items) -> None:
 ONE_AT_A_TIME = ["--cpus-per-trial", f"{max(1, int(ray_cpus())) / 2 + 0.5:g}"]
 
 
+def running(pid: int) -> bool:
+    """Whether pid is a live process (a killed one waiting to be reaped by whoever adopted it is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def tiny_config(**changes) -> RecipeConfig:
     """A seed-recipe config shrunk to seconds: synthetic data, width 4, a few hundred images."""
     base = dict(data="synthetic", width=4, subset=256, eval_subset=200, batch_size=32, epochs=2, device="cpu",

@@ -1,9 +1,12 @@
 """python -m recipe.bench as a user runs it: a table of the measurements, then the same figures as JSON."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -13,6 +16,8 @@ import pytest
 import torch
 
 from recipe.bench import main as bench_main
+
+from conftest import running
 
 REPO = Path(__file__).resolve().parent.parent
 PATHS = ["model-step", "fast", "classic", "eval"]
@@ -396,31 +401,34 @@ def test_a_reduce_overhead_measurement_without_cuda_graphs_says_so():
 
 
 
-# A stand-in for nvidia-cuda-mps-control, which a CPU machine lacks: -d starts a "daemon" (a sleep) and logs its
-# start as the real one does, with the "NEW CLIENT" lines FAKE_MPS_CLIENTS asks for (the real daemon logs one per
-# CUDA process that reaches it); quit ends the daemon, or hangs where FAKE_MPS_QUIT=hang.
+# A stand-in for nvidia-cuda-mps-control, which a CPU machine lacks. -d starts a "daemon" and a "server" (copies
+# of sleep named as MPS processes are, which the kernel shows as "nvidia-cuda-mps") and a process of another name,
+# and logs them as the real daemon logs its start and its servers (the third one under a PID the log names, as a
+# PID that has gone to another process since would be), with the "NEW CLIENT" lines FAKE_MPS_CLIENTS asks for
+# (the real daemon logs one per CUDA process that reaches it). quit ends the daemon, or hangs where
+# FAKE_MPS_QUIT=hang.
 FAKE_MPS_CONTROL = """#!/usr/bin/env bash
 log="$CUDA_MPS_LOG_DIRECTORY/control.log"
 if [ "${1:-}" = -d ]; then
+  "$FAKE_MPS_BIN/nvidia-cuda-mps-daemon" 600 </dev/null >/dev/null 2>&1 &
+  daemon=$!
+  echo "[2026-11-28 00:00:00.000 Control $daemon] Starting control daemon using socket $CUDA_MPS_PIPE_DIRECTORY/control" >> "$log"
+  "$FAKE_MPS_BIN/nvidia-cuda-mps-server" 600 </dev/null >/dev/null 2>&1 &
+  echo "[2026-11-28 00:00:01.000 Control $!] Starting new server $! for user 0" >> "$log"
+  echo "$daemon $!" > "$FAKE_MPS_PIDS"
   sleep 600 </dev/null >/dev/null 2>&1 &
-  echo "[2026-11-28 00:00:00.000 Control $!] Starting control daemon using socket $CUDA_MPS_PIPE_DIRECTORY/control" >> "$log"
-  for i in $(seq 1 "$FAKE_MPS_CLIENTS"); do echo "[2026-11-28 00:00:01.000 Control $!] NEW CLIENT $i from user 0" >> "$log"; done
-  echo $! > "$FAKE_MPS_PID_FILE"
+  echo "[2026-11-28 00:00:01.000 Control $!] Starting new server $! for user 0" >> "$log"
+  echo "$!" >> "$FAKE_MPS_PIDS"
+  for i in $(seq 1 "$FAKE_MPS_CLIENTS"); do
+    echo "[2026-11-28 00:00:02.000 Control $daemon] NEW CLIENT $i from user 0" >> "$log"
+  done
   exit 0
 fi
 read -r command
 [ "$command" = quit ] || exit 1
 [ "${FAKE_MPS_QUIT:-}" = hang ] && exec sleep 600  # exec: the process the timeout kills
-kill "$(cat "$FAKE_MPS_PID_FILE")"
+kill $(head -1 "$FAKE_MPS_PIDS")
 """
-
-
-def ended(pid: int) -> bool:
-    """Whether a process has ended (gone, or a zombie not yet reaped)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 @pytest.mark.parametrize("clients, quit", [(1, "ok"), (0, "hang")], ids=["reached", "not reached, quit hangs"])
@@ -428,26 +436,41 @@ def test_processes_under_mps_count_only_if_they_reached_the_daemon_which_is_stop
         tmp_path, monkeypatch, clients, quit):
     from recipe import bench
     from recipe.config import RecipeConfig
-    fake, pid_file = tmp_path / "bin" / bench.MPS_CONTROL, tmp_path / "daemon.pid"
-    fake.parent.mkdir()
-    fake.write_text(FAKE_MPS_CONTROL)
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    bin_dir, pids_file = tmp_path / "bin", tmp_path / "pids"
+    bin_dir.mkdir()
+    (bin_dir / bench.MPS_CONTROL).write_text(FAKE_MPS_CONTROL)
+    (bin_dir / bench.MPS_CONTROL).chmod(0o755)
+    for name in ("nvidia-cuda-mps-daemon", "nvidia-cuda-mps-server"):
+        shutil.copy(shutil.which("sleep"), bin_dir / name)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_MPS_BIN", str(bin_dir))
+    monkeypatch.setenv("FAKE_MPS_PIDS", str(pids_file))
     monkeypatch.setenv("FAKE_MPS_CLIENTS", str(clients))
     monkeypatch.setenv("FAKE_MPS_QUIT", quit)
-    monkeypatch.setenv("FAKE_MPS_PID_FILE", str(pid_file))
     monkeypatch.setattr(bench.MpsDaemon, "QUIT_TIMEOUT_S", 2.0)
     config = RecipeConfig(data="synthetic", width=4, batch_size=16, device="cpu", workers=0)
     record = bench.concurrent(config, 1, steps=2, warmup=1, backend="eager", timeout=120, mps=True)
-    pid = int(pid_file.read_text())
-    assert record["mps"] is True
-    if clients:
-        assert record["status"] == "ok" and "mps_stop" not in record
-    else:
-        assert record["status"] == "failed: 0 of the 1 processes reached the MPS daemon (its control.log); the " \
-                                    "others ran without MPS"
-        assert record["mps_stop"] == f"the MPS daemon did not quit (TimeoutExpired): killed (PID {pid})"
-    deadline = time.monotonic() + 5
-    while not ended(pid) and time.monotonic() < deadline:
+    (daemon, server), (other,) = [map(int, line.split()) for line in pids_file.read_text().splitlines()]
+    try:
+        assert record["mps"] is True
+        if clients:
+            assert record["status"] == "ok" and "mps_stop" not in record
+            assert wait_until(lambda: not running(daemon) and not running(server))
+        else:
+            assert record["status"] == "failed: 0 of the 1 processes reached the MPS daemon (its control.log); the " \
+                                        "others ran without MPS"
+            assert record["mps_stop"] == \
+                f"the MPS daemon did not quit (TimeoutExpired): killed it and its servers (PIDs {daemon}, {server})"
+            assert wait_until(lambda: not running(daemon) and not running(server))
+            assert running(other)  # named in the log, but no MPS process: left alone
+    finally:
+        for pid in (daemon, server, other):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def wait_until(condition, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert ended(pid)
+    return condition()

@@ -653,5 +653,6 @@ def test_every_command_says_how_it_is_used_with_help(capsys):
         result = call(main, ["--help"], capsys)
         assert result.code == 0 and result.out.startswith("usage: ") and result.err == "", (main.__module__, result)
     proc = subprocess.run(["bash", str(Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_check.sh"), "--help"],
-                          env=os.environ | {"PYTHON": sys.executable}, capture_output=True, text=True, timeout=60)
+                          env=os.environ | {"PYTHON": sys.executable, "COLUMNS": "200"}, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("usage: ") and "37.5% of it" in proc.stdout, proc.stderr

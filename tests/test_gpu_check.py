@@ -14,6 +14,8 @@ import pytest
 
 from recipe.data import synthetic
 
+from conftest import running
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "gpu_check.sh"
 
@@ -36,21 +38,32 @@ def small_npz(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def quick_run(small_npz, tmp_path_factory):
-    """gpu_check --quick, and summary.md as it stood when the study began (read as "3/3" was printed)."""
+    """gpu_check --quick into an --out an earlier check left its files in, and summary.md and study.json as they
+    stood when the study began (read as "3/3" was printed)."""
     out = tmp_path_factory.mktemp("gpu_check") / "out"
+    out.mkdir()
+    for name in ("summary.md", "bench.json", "run.json", "study.json"):
+        (out / name).write_text('{"status": "an earlier check\'s"}')
     err = tmp_path_factory.mktemp("gpu_check_err") / "stderr"
     with err.open("w") as err_file, subprocess.Popen(
             ["bash", str(SCRIPT), "--data", str(small_npz), "--out", str(out), "--quick"], cwd=REPO,
             env=os.environ | {"PYTHON": sys.executable}, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=err_file, text=True) as proc:
-        watchdog = threading.Timer(600, proc.kill)  # as gpu_check()'s timeout
+        # gpu_check()'s timeout: SIGTERM first, which gpu_check turns into stopping its step's processes.
+        timed_out = threading.Event()
+        watchdog = threading.Timer(600, lambda: (timed_out.set(), proc.terminate()))
+        watchdog.daemon = True
         watchdog.start()
-        lines, before_study = [], None
-        for line in proc.stdout:
-            if line.startswith("3/3") and (out / "summary.md").exists():
-                before_study = (out / "summary.md").read_text()
-            lines.append(line)
-        watchdog.cancel()
+        try:
+            lines, before_study = [], None
+            for line in proc.stdout:
+                if line.startswith("3/3"):
+                    before_study = {name: (out / name).read_text() for name in ("summary.md", "study.json")}
+                lines.append(line)
+            proc.wait(timeout=60)
+        finally:
+            watchdog.cancel()
+    assert not timed_out.is_set(), "gpu_check --quick ran over 10 minutes"
     return subprocess.CompletedProcess(proc.args, proc.returncode, "".join(lines), err.read_text()), out, before_study
 
 
@@ -73,9 +86,11 @@ def test_quick_check_runs_every_step_and_prints_the_summary_it_writes(quick):
 
 def test_the_summary_is_written_after_each_step_so_a_check_stopped_from_outside_leaves_what_it_measured(quick_run):
     _, out, before_study = quick_run
-    assert before_study is not None
-    assert "## 1. Bench suite (ok" in before_study and "killed and resumed (ok)" in before_study
-    assert "## 3. A miniature study (not reached)" in before_study
+    summary = before_study["summary.md"]
+    assert "## 1. Bench suite (ok" in summary and "killed and resumed (ok)" in summary
+    assert "## 3. A miniature study (not reached)" in summary
+    assert json.loads(before_study["study.json"]) == {"status": "not reached"}  # not the earlier check's
+    assert json.loads((out / "study.json").read_text())["status"] == "ok"  # as it is written at the end
 
 
 def test_quick_check_benchmarks_every_path_mode_and_concurrency(quick):
@@ -211,14 +226,6 @@ def test_the_run_trains_in_what_the_bench_left_less_the_studys_quarter_or_as_lon
     # The bench overran: the run still gets a minute before it is stopped.
     assert gpu_check.run_time(gpu, 100.0, 480.0, study_possible=True, run_seconds=None) == (pytest.approx(-54.0), 60.0)
     assert gpu_check.run_time(gpu_check.Sizes(quick=True), 300.0, 480.0, True, None) == (2.0, 180.0)
-
-
-def running(pid: int) -> bool:
-    """Whether pid is a live process (a killed one waiting to be reaped by whoever adopted it is not)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_a_step_that_runs_out_of_time_is_stopped_with_every_process_it_started(tmp_path):
