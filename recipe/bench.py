@@ -351,16 +351,16 @@ def concurrent(config: RecipeConfig, n: int, steps: int, warmup: int, backend: s
 
 def _at_once(config: RecipeConfig, n: int, steps: int, warmup: int, backend: str, timeout: float, root: Path,
              env: dict[str, str], stack: contextlib.ExitStack) -> dict[str, Any]:
-    """concurrent()'s processes, killed as `stack` closes if still running: {"parts": each one's record}, or
-    {"status": why not}."""
+    """concurrent()'s processes, killed as `stack` closes if still running, with every process they started
+    (compile workers), as in_subprocess() kills its one: {"parts": each one's record}, or {"status": why not}."""
     go = root / "go"
     procs: list[subprocess.Popen] = []
-    stack.callback(lambda: [(p.kill(), p.wait()) for p in procs if p.poll() is None])
+    stack.callback(lambda: [kill_group(p) for p in procs])
     for i in range(n):
         argv = [*_child_argv(config, "fast", steps, warmup, backend), "--json", str(root / f"{i}.json"),
                 "--ready-file", str(root / f"ready{i}"), "--go-file", str(go)]
         procs.append(subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.PIPE, text=True))
+                                      stderr=subprocess.PIPE, text=True, start_new_session=True))
     deadline = time.monotonic() + timeout
     while not all((root / f"ready{i}").exists() for i in range(n)):
         if any(p.poll() not in (None, 0) for p in procs) or time.monotonic() > deadline:
