@@ -10,7 +10,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import subprocess
 import sys
 import time
@@ -28,7 +27,8 @@ except ImportError:
 from recipe import checkpoint
 from recipe.checkpoint import CheckpointError, DiskFullError, unwritable_reason
 from recipe.cli import Parser, add_config_flags, fail, given_settings
-from recipe.config import RESUME_MAY_DIFFER, SEARCHED, ConfigError, RecipeConfig, RecipeError
+from recipe.config import (RESUME_MAY_DIFFER, SEARCHED, ConfigError, RecipeConfig, RecipeError, check_schedule,
+                           steps_per_epoch)
 from recipe.data import cifar100_present, load_splits
 from recipe.engine import DeviceData, LoaderData, TrainStep, evaluate, train_epoch
 from recipe.model import ResNet34
@@ -75,10 +75,6 @@ def use_channels_last(config: RecipeConfig, device: torch.device) -> bool:
     return config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
 
 
-def steps_per_epoch(config: RecipeConfig, train_images: int) -> int:
-    return math.ceil(train_images / config.batch_size)
-
-
 def make_optimizer(model: nn.Module, config: RecipeConfig, device: torch.device | None = None) -> torch.optim.SGD:
     """SGD, with fused kernels on CUDA (one launch for all parameters; elsewhere torch's default).
 
@@ -91,15 +87,6 @@ def make_optimizer(model: nn.Module, config: RecipeConfig, device: torch.device 
         model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
         weight_decay=config.weight_decay, fused=fused or None,
     )
-
-
-def check_schedule(config: RecipeConfig, steps: int) -> None:
-    # torch's OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step is a crash.
-    if float(config.pct_start * steps) - 1 == 0:
-        raise ConfigError(
-            f"epochs: OneCycle cannot warm up over exactly 1 step (pct_start {config.pct_start:g} x {steps} steps); "
-            f"change the epochs, the training images or the batch size"
-        )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: RecipeConfig, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
