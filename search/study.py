@@ -3,7 +3,9 @@
 A study file (read with the standard library's tomllib) has these tables; every key is
 optional except the search space:
 
-    seed = 0                      # seeds the sampler, and every trial's recipe
+    name = "default"              # its results directory, results/<name>/ (default: the file's name without
+                                  # .toml): 1 to 100 of A-Z a-z 0-9 - _ . and not starting with "."
+    seed = 0                      # seeds the sampler, and every trial's recipe (0 to 2**32 - 1)
     trials = 40                   # how many trials the search runs
 
     [objective]                   # what a trial is scored on, on its validation split
@@ -44,6 +46,10 @@ optional except the search space:
 Every run of a study (trials, re-validation runs, final runs) scores on the same images: the
 validation split and the test subset are drawn with the study's seed (split_seed); a re-run
 or an extra final run changes only the seed of initialisation, order and augmentation.
+
+load() checks a file whole, each failure a SpecError of one line naming the file and the key: its tables
+and types, its name, its seed, and each range at both ends against RecipeConfig's own validation (a trial
+may sample either end). search.run then checks every kind of run against its data (run.check_runs).
 """
 from __future__ import annotations
 
