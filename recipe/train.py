@@ -10,6 +10,7 @@ import argparse
 import csv
 import io
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -408,13 +409,22 @@ def config_from_study(results_dir: str | Path, study: str | None, which: str) ->
     trials_path = study_dir / "trials.csv"
     if not trials_path.is_file():
         raise RecipeError(f"{trials_path}: no such file; --from-study TRIAL_ID reads the trials of a finished search")
-    with open(trials_path, newline="") as f:
-        rows = {row["trial_id"]: row for row in csv.DictReader(f)}
-    if which not in rows:
-        known = ", ".join(sorted(rows)) or "none"
-        raise RecipeError(f"--from-study: no trial {which!r} in {trials_path} (trials: {known})")
-    row = rows[which]
-    config = base.replace(**{name: float(row[name]) for name in SEARCHED})
+    try:
+        with open(trials_path, newline="", encoding="utf-8") as f:
+            listed = list(csv.DictReader(f))
+        if any(None in row or None in row.values() for row in listed):
+            raise ValueError("a row is cut short")
+        rows = {row["trial_id"]: row for row in listed}
+        if which not in rows:
+            known = ", ".join(sorted(rows)) or "none"
+            raise RecipeError(f"--from-study: no trial {which!r} in {trials_path} (trials: {known})")
+        row = rows[which]
+        settings = {name: float(row[name]) for name in SEARCHED}
+    except (KeyError, TypeError, ValueError, csv.Error) as e:  # cut short: a row or a column missing
+        raise RecipeError(f"{trials_path}: damaged ({type(e).__name__}: {e}); python -m search.report --study "
+                          f"{shlex.quote(study_dir.name)} --results-dir {shlex.quote(str(root))} rebuilds it from the "
+                          f"study's optuna.db") from None
+    config = base.replace(**settings)
     return config, f"study {study_dir.name!r}, trial {which} ({row['state']}, value {row['value'] or 'none'})", study_dir
 
 

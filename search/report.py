@@ -4,7 +4,9 @@ One self-contained page (plotly.js embedded once; it opens offline) built from t
 results directory alone: spec.json, optuna.db (the source of truth for trials, opened
 read-only), revalidation.json once re-validation has chosen, and final/ (a run directory per
 seed, and their summary.json) as far as the final runs got. It works on a study that is still running:
-trials.csv and best.json are not needed. The same files give the same page, byte for byte.
+trials.csv and best.json are not needed. The same files give the same page, byte for byte. A damaged
+final/summary.json or trials.csv is rebuilt from its sources; a damaged spec.json or revalidation.json is a
+ReportError (search.record).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from recipe.checkpoint import write_text
 from recipe.cli import Parser, fail
 from recipe.config import RecipeError
 from recipe.curves import run_figure
-from search.record import final_seeds_on_disk, load_final_summary, load_revalidation
+from search.record import final_seeds_on_disk, load_final_summary, load_revalidation, trial_states
 from search.results import STATES, chosen_trial, trials_frame
 from search.study import SEARCHED, StudyPaths, StudySpec
 
@@ -690,6 +692,8 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 def build_report(paths: StudyPaths) -> str:
     """The report page of the study in `paths`, as HTML; raises ReportError if it cannot be read."""
     spec = load_spec(paths)
+    if paths.trials_csv.is_file():  # not read here, but a damaged one is rebuilt (recipe.train --from-study reads it)
+        trial_states(paths)
     study = open_study(paths, spec)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number) if study is not None else []
     objective = Objective(spec.metric, spec.mode)

@@ -109,8 +109,9 @@ def study_state(paths: StudyPaths) -> str:
         return "new"
     if not paths.trials_csv.exists():  # written when the search ends
         return "interrupted"
+    states = record.trial_states(paths)  # a damaged trials.csv is rebuilt, whatever the state
     if not paths.best.exists():  # written once re-validation has chosen: none before, or no complete trial
-        return "interrupted" if "complete" in record.trial_states(paths) else "no_best"
+        return "interrupted" if "complete" in states else "no_best"
     summary = record.load_final_summary(paths)  # written when every final run has ended
     return "finished" if summary is not None and summary["status"] in FINISHED else "searched"
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from recipe.train import config_from_study
+from recipe.train import main as train_main
 from report_fixture import FINISHED, make_study
 from search import report
 from search import results as study_results
@@ -151,3 +153,22 @@ def test_a_cut_short_trials_csv_is_rebuilt_from_optuna_db(work, no_ray, capsys):
         f"rebuilt from {paths.optuna_db}"), note
     assert code == 2 and "was interrupted; add --resume to continue it" in error, error  # it has complete trials
     assert paths.trials_csv.read_text() == expected.to_csv(index=False)
+
+
+def test_a_cut_short_trials_csv_is_one_line_for_recipe_train_and_rebuilt_by_the_report_it_names(work, capsys):
+    paths = finished_study(work)
+    whole = paths.trials_csv.read_text()
+    cut_short(paths.trials_csv)
+    results = work / "results"
+    code, out, err = call(train_main, ["--from-study", "7", "--study", "smoke", "--results-dir", str(results)], capsys)
+    assert_one_line(code, err, f"{paths.trials_csv}: damaged (", f"python -m search.report --study smoke --results-dir "
+                    f"{results} rebuilds it from the study's optuna.db")
+    assert out == "" and not list(paths.root.glob("7-*"))  # no run directory
+    code, _, err = report_of(work, capsys)
+    assert code == 0 and err.startswith(f"note: {paths.trials_csv} was damaged"), err
+    study = study_results.open_study(paths, paths.load_spec())
+    assert paths.trials_csv.read_text() == study_results.trials_frame(study, paths.load_spec(),
+                                                                      study_results.load_revalidation(paths)).to_csv(
+        index=False) != whole  # rebuilt as the driver writes it (the fixture's own lacks the re-validation columns)
+    config, taken, _ = config_from_study(results, "smoke", "7")
+    assert config.lr == study.trials[7].params["lr"] and "trial 7 (complete" in taken

@@ -117,6 +117,12 @@ def test_a_search_range_the_recipe_cannot_train_is_refused_at_either_end(work, n
     assert says in refused_file(work, capsys, study_file(work, edited(old, new)))
 
 
+def test_a_study_saved_before_ranges_were_checked_still_loads_to_be_resumed_and_reported():
+    saved = studies.load("smoke").to_dict()
+    saved["space"]["dropout"]["high"] = 1.0
+    assert studies.StudySpec.from_dict(saved).space["dropout"].high == 1.0
+
+
 @pytest.mark.parametrize("old, new, says", [
     ("low = 0.02\nhigh = 0.8\n", "low = 0.02\n", "[space.lr] needs low and high; it has no high"),
     ("low = 0.02\nhigh = 0.8\nlog = true\n", "", "[space.lr] needs low and high; it has no low"),
