@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -32,10 +33,19 @@ def work(tmp_path, monkeypatch):
     return tmp_path
 
 
-def finished_study(work: Path) -> StudyPaths:
-    """results/smoke/ of a study that has finished: two final seeds and re-validation of its top two trials."""
-    return make_study(work / "results", "smoke", FINISHED, finished=True, final="completed", seeds=2,
-                      revalidated={2: 0.50, 7: 0.46})
+@pytest.fixture(scope="module")
+def made(tmp_path_factory) -> Path:
+    """A study that has finished: two final seeds and re-validation of its top two trials (made once: a second)."""
+    results = tmp_path_factory.mktemp("made")
+    make_study(results, "smoke", FINISHED, finished=True, final="completed", seeds=2, revalidated={2: 0.50, 7: 0.46})
+    return results / "smoke"
+
+
+@pytest.fixture
+def finished_study(work, made) -> StudyPaths:
+    """results/smoke/ under work: a copy of the finished study, for the test to damage."""
+    shutil.copytree(made, work / "results" / "smoke")
+    return StudyPaths(work / "results" / "smoke")
 
 
 def cut_short(path: Path) -> None:
@@ -74,8 +84,8 @@ def assert_one_line(code: int, err: str, *fragments: str) -> None:
 
 # ---- not derived: named in one line, nothing changed ---------------------------------------------------
 
-def test_resuming_with_a_cut_short_spec_json_is_one_line_saying_what_to_do(work, no_ray, capsys):
-    paths = finished_study(work)
+def test_resuming_with_a_cut_short_spec_json_is_one_line_saying_what_to_do(work, finished_study, no_ray, capsys):
+    paths = finished_study
     cut_short(paths.spec)
     before = tree(work)
     code, out, err = search(work, capsys, "--resume")
@@ -84,8 +94,8 @@ def test_resuming_with_a_cut_short_spec_json_is_one_line_saying_what_to_do(work,
     assert out == "" and tree(work) == before
 
 
-def test_a_report_of_a_study_with_a_cut_short_spec_json_is_one_line(work, capsys):
-    paths = finished_study(work)
+def test_a_report_of_a_study_with_a_cut_short_spec_json_is_one_line(work, finished_study, capsys):
+    paths = finished_study
     cut_short(paths.spec)
     before = tree(work)
     code, out, err = report_of(work, capsys)
@@ -93,8 +103,8 @@ def test_a_report_of_a_study_with_a_cut_short_spec_json_is_one_line(work, capsys
     assert out == "" and tree(work) == before
 
 
-def test_a_report_of_a_study_with_a_cut_short_revalidation_json_is_one_line(work, capsys):
-    paths = finished_study(work)
+def test_a_report_of_a_study_with_a_cut_short_revalidation_json_is_one_line(work, finished_study, capsys):
+    paths = finished_study
     cut_short(paths.revalidation)
     before = tree(work)
     code, out, err = report_of(work, capsys)
@@ -103,8 +113,9 @@ def test_a_report_of_a_study_with_a_cut_short_revalidation_json_is_one_line(work
     assert out == "" and tree(work) == before  # no report.html
 
 
-def test_resuming_with_a_cut_short_revalidation_json_is_one_line_before_ray_starts(work, no_ray, capsys):
-    paths = finished_study(work)
+def test_resuming_with_a_cut_short_revalidation_json_is_one_line_before_ray_starts(work, finished_study, no_ray,
+                                                                                   capsys):
+    paths = finished_study
     cut_short(paths.revalidation)
     before = tree(work)
     code, out, err = search(work, capsys, "--resume")
@@ -114,8 +125,9 @@ def test_resuming_with_a_cut_short_revalidation_json_is_one_line_before_ray_star
 
 # ---- derived: rebuilt from their sources ---------------------------------------------------------------
 
-def test_a_cut_short_final_summary_is_rebuilt_from_the_final_runs_by_search_run(work, no_ray, capsys):
-    paths = finished_study(work)
+def test_a_cut_short_final_summary_is_rebuilt_from_the_final_runs_by_search_run(work, finished_study, no_ray,
+                                                                                 capsys):
+    paths = finished_study
     summary = paths.final / "summary.json"
     whole = json.loads(summary.read_text())
     cut_short(summary)
@@ -127,8 +139,8 @@ def test_a_cut_short_final_summary_is_rebuilt_from_the_final_runs_by_search_run(
     assert json.loads(summary.read_text()) == whole
 
 
-def test_a_cut_short_final_summary_is_rebuilt_by_the_report_which_shows_it(work, capsys):
-    paths = finished_study(work)
+def test_a_cut_short_final_summary_is_rebuilt_by_the_report_which_shows_it(work, finished_study, capsys):
+    paths = finished_study
     summary = paths.final / "summary.json"
     whole = json.loads(summary.read_text())
     cut_short(summary)
@@ -141,8 +153,8 @@ def test_a_cut_short_final_summary_is_rebuilt_by_the_report_which_shows_it(work,
         paths.report.read_text())
 
 
-def test_a_cut_short_trials_csv_is_rebuilt_from_optuna_db(work, no_ray, capsys):
-    paths = finished_study(work)
+def test_a_cut_short_trials_csv_is_rebuilt_from_optuna_db(work, finished_study, no_ray, capsys):
+    paths = finished_study
     paths.best.unlink()  # re-validation had not chosen: the study's state is read from trials.csv
     study = study_results.open_study(paths, paths.load_spec())
     expected = study_results.trials_frame(study, paths.load_spec(), study_results.load_revalidation(paths))
@@ -155,8 +167,9 @@ def test_a_cut_short_trials_csv_is_rebuilt_from_optuna_db(work, no_ray, capsys):
     assert paths.trials_csv.read_text() == expected.to_csv(index=False)
 
 
-def test_a_cut_short_trials_csv_is_one_line_for_recipe_train_and_rebuilt_by_the_report_it_names(work, capsys):
-    paths = finished_study(work)
+def test_a_cut_short_trials_csv_is_one_line_for_recipe_train_and_rebuilt_by_the_report_it_names(work, finished_study,
+                                                                                               capsys):
+    paths = finished_study
     whole = paths.trials_csv.read_text()
     cut_short(paths.trials_csv)
     results = work / "results"

@@ -19,7 +19,7 @@ from recipe.config import MAX_SEED, ConfigError, RecipeConfig
 from recipe.train import main as train_main
 from search import run as search_run
 from search import study as studies
-from search.study import MAX_STUDY_SEED, NAME_MAX, SpecError
+from search.study import MAX_STUDY_SEED, NAME_MAX
 
 SMOKE = (studies.STUDIES_DIR / "smoke.toml").read_text()
 
