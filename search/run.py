@@ -158,7 +158,8 @@ def check_writable(flag: str, given: str, path: Path) -> None:
 
 
 def plan(args: argparse.Namespace) -> Plan:
-    """Everything decided before Ray starts; bad input raises RecipeError and nothing is written."""
+    """Everything decided before Ray starts; bad input raises RecipeError and nothing is written (a damaged file that
+    is derived from others is rebuilt: search.record)."""
     for name, low in MINIMUMS.items():
         value = getattr(args, name)
         if value is not None and value < low:
@@ -192,13 +193,9 @@ def plan(args: argparse.Namespace) -> Plan:
                               f"({paths.spec}); resume without it")
         now, spec = with_overrides(spec, args), paths.load_spec()
         record.read_revalidation(paths)  # damaged, it is one line now, not a crash once the search is done
-        edited = edited_keys(spec, now)
-        if edited:  # the file edited since, or a flag of the command that started the study
-            print(f"note: {paths.spec} differs from {studies.resolve_path(args.study)} in {', '.join(edited)}; a "
-                  f"resumed study keeps the settings it started with (its study file and flags then): the saved "
-                  f"spec.json wins", file=sys.stderr)
+        edited = edited_keys(spec, now)  # the file edited since, or a flag of the command that started the study
     else:
-        spec = with_overrides(spec, args)
+        spec, edited = with_overrides(spec, args), []
     # Missing or malformed data, or settings the data cannot serve, are one line now, not a crash in every run later.
     check_runs(spec)
     if args.address is None:  # a Ray of the driver's own, given this machine's GPUs (tuning.start_ray)
@@ -209,6 +206,10 @@ def plan(args: argparse.Namespace) -> Plan:
     storage = args.storage.rstrip("/") if args.storage else str(paths.root.parent)
     if args.storage and "://" not in args.storage:
         storage = str(Path(args.storage).resolve())
+    if edited:  # said once nothing else stops the study
+        print(f"note: {paths.spec} differs from {studies.resolve_path(args.study)} in {', '.join(edited)}; a resumed "
+              f"study keeps the settings it started with (its study file and flags then): the saved spec.json wins",
+              file=sys.stderr)
     return Plan(spec=spec, paths=paths, resume=resume, storage=f"{storage}/{spec.name}", address=args.address,
                 final=not args.no_final, state=state)
 
