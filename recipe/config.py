@@ -20,6 +20,9 @@ CIFAR100_STD = (0.2673, 0.2564, 0.2762)
 NUM_CLASSES = 100
 # The settings a study searches; every other setting is fixed by the recipe or the study.
 SEARCHED = ("lr", "weight_decay", "dropout", "label_smoothing")
+# The largest seed a run takes: torch.manual_seed and numpy's int64 arrays hold no more (a larger one crashed a
+# run after its config.json was written).
+MAX_SEED = 2**63 - 1
 
 PIPELINES = ("fast", "classic")
 DEVICES = ("auto", "cpu", "cuda")
@@ -121,8 +124,8 @@ class RecipeConfig:
             ("subset", self.subset >= 0, "must be >= 0 (0: all training images)"),
             ("eval_subset", self.eval_subset >= 0, "must be >= 0 (0: all test images)"),
             ("val_size", self.val_size >= 0, "must be >= 0"),
-            ("seed", self.seed >= 0, "must be >= 0"),
-            ("split_seed", self.split_seed >= -1, "must be >= 0, or -1 for the run's seed"),
+            ("seed", 0 <= self.seed <= MAX_SEED, f"must be in [0, {MAX_SEED}]"),
+            ("split_seed", -1 <= self.split_seed <= MAX_SEED, f"must be in [0, {MAX_SEED}], or -1 for the run's seed"),
             ("device", self.device in DEVICES, f"must be one of {', '.join(DEVICES)}"),
             ("pipeline", self.pipeline in PIPELINES, f"must be one of {', '.join(PIPELINES)}"),
             ("workers", self.workers >= 0, "must be >= 0"),
@@ -165,6 +168,19 @@ class RecipeConfig:
     @classmethod
     def load(cls, path: str | Path) -> "RecipeConfig":
         return cls.from_json(Path(path).read_text())
+
+
+def steps_per_epoch(config: RecipeConfig, train_images: int) -> int:
+    return math.ceil(train_images / config.batch_size)
+
+
+def check_schedule(config: RecipeConfig, steps: int) -> None:
+    # torch's OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step is a crash.
+    if float(config.pct_start * steps) - 1 == 0:
+        raise ConfigError(
+            f"epochs: OneCycle cannot warm up over exactly 1 step (pct_start {config.pct_start:g} x {steps} steps); "
+            f"change the epochs, the training images or the batch size"
+        )
 
 
 # Settings that may differ between a run and its resumption: they change where or how fast

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from recipe.checkpoint import unwritable_reason
-from recipe.config import NUM_CLASSES, RecipeConfig, RecipeError
+from recipe.config import NUM_CLASSES, RecipeConfig, RecipeError, check_schedule, steps_per_epoch
 
 SYNTHETIC_TRAIN = 10_000
 SYNTHETIC_TEST = 2_000
@@ -182,26 +182,44 @@ def stratified_order(y: np.ndarray, seed: int) -> np.ndarray:
     return perm[np.lexsort((class_turn, rank))]
 
 
-def check_data(config: RecipeConfig) -> None:
-    """Raise the DataError that load_splits(config) would, now: missing, malformed or too small data.
+def check_data(config: RecipeConfig) -> tuple[int, int]:
+    """Raise the error that load_splits(config) (or the schedule built on it) would, now: missing, malformed or too
+    small data; return the numbers of training and test images, for check_sizes of other configs on the same data.
 
     Synthetic data cannot be missing or malformed: only its sizes are checked, without making it (seconds of
     CPU that a study's driver, which trains nothing, would spend on every start).
     """
     if config.data == "synthetic":
-        check_sizes(config, SYNTHETIC_TRAIN, SYNTHETIC_TEST)
+        sizes = SYNTHETIC_TRAIN, SYNTHETIC_TEST
     else:
-        load_splits(config)
+        train, test = load_source(config)
+        sizes = len(train), len(test)
+    check_sizes(config, *sizes)
+    return sizes
 
 
 def check_sizes(config: RecipeConfig, n_train: int, n_test: int) -> None:
-    """The config's split sizes against the data's numbers of training and test images."""
+    """The config's split sizes against the data's numbers of training and test images, and its schedule's
+    number of steps (torch's OneCycle cannot warm up over exactly one)."""
     if config.val_size + config.subset > n_train:
         raise DataError(f"val_size ({config.val_size}) + subset ({config.subset}) exceed the {n_train} training images")
     if not config.val_size and config.eval_subset > n_test:
         raise DataError(f"eval_subset ({config.eval_subset}) exceeds the {n_test} test images")
     if config.val_size >= n_train:
         raise DataError(f"val_size ({config.val_size}) leaves no training images of the {n_train}")
+    images = n_train - config.val_size
+    check_schedule(config, config.epochs * steps_per_epoch(config, min(config.subset, images) if config.subset else images))
+
+
+def load_source(config: RecipeConfig) -> tuple[Arrays, Arrays]:
+    """The whole training and test sets of the config's data source."""
+    if config.data == "synthetic":
+        return synthetic()
+    if config.data == "cifar100":
+        return load_torchvision(config.data_dir, config.download)
+    if config.data.endswith(".npz"):
+        return load_npz(config.data)
+    raise DataError(f"data: expected 'cifar100', 'synthetic' or a path to a .npz file, got {config.data!r}")
 
 
 def load_splits(config: RecipeConfig) -> Splits:
@@ -211,14 +229,7 @@ def load_splits(config: RecipeConfig) -> Splits:
     (the same for every run with the same split seed and data) and the test set is not touched.
     The subset is then taken from what remains, so the validation split does not depend on it.
     """
-    if config.data == "synthetic":
-        train, test = synthetic()
-    elif config.data == "cifar100":
-        train, test = load_torchvision(config.data_dir, config.download)
-    elif config.data.endswith(".npz"):
-        train, test = load_npz(config.data)
-    else:
-        raise DataError(f"data: expected 'cifar100', 'synthetic' or a path to a .npz file, got {config.data!r}")
+    train, test = load_source(config)
     check_sizes(config, len(train), len(test))
 
     split_seed = config.seed if config.split_seed < 0 else config.split_seed

@@ -10,7 +10,7 @@ import argparse
 import csv
 import io
 import json
-import math
+import shlex
 import subprocess
 import sys
 import time
@@ -28,7 +28,8 @@ except ImportError:
 from recipe import checkpoint
 from recipe.checkpoint import CheckpointError, DiskFullError, unwritable_reason
 from recipe.cli import Parser, add_config_flags, fail, given_settings
-from recipe.config import RESUME_MAY_DIFFER, SEARCHED, ConfigError, RecipeConfig, RecipeError
+from recipe.config import (RESUME_MAY_DIFFER, SEARCHED, ConfigError, RecipeConfig, RecipeError, check_schedule,
+                           steps_per_epoch)
 from recipe.data import cifar100_present, load_splits
 from recipe.engine import DeviceData, LoaderData, TrainStep, evaluate, train_epoch
 from recipe.model import ResNet34
@@ -75,10 +76,6 @@ def use_channels_last(config: RecipeConfig, device: torch.device) -> bool:
     return config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
 
 
-def steps_per_epoch(config: RecipeConfig, train_images: int) -> int:
-    return math.ceil(train_images / config.batch_size)
-
-
 def make_optimizer(model: nn.Module, config: RecipeConfig, device: torch.device | None = None) -> torch.optim.SGD:
     """SGD, with fused kernels on CUDA (one launch for all parameters; elsewhere torch's default).
 
@@ -91,15 +88,6 @@ def make_optimizer(model: nn.Module, config: RecipeConfig, device: torch.device 
         model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=config.nesterov,
         weight_decay=config.weight_decay, fused=fused or None,
     )
-
-
-def check_schedule(config: RecipeConfig, steps: int) -> None:
-    # torch's OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step is a crash.
-    if float(config.pct_start * steps) - 1 == 0:
-        raise ConfigError(
-            f"epochs: OneCycle cannot warm up over exactly 1 step (pct_start {config.pct_start:g} x {steps} steps); "
-            f"change the epochs, the training images or the batch size"
-        )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, config: RecipeConfig, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
@@ -421,13 +409,22 @@ def config_from_study(results_dir: str | Path, study: str | None, which: str) ->
     trials_path = study_dir / "trials.csv"
     if not trials_path.is_file():
         raise RecipeError(f"{trials_path}: no such file; --from-study TRIAL_ID reads the trials of a finished search")
-    with open(trials_path, newline="") as f:
-        rows = {row["trial_id"]: row for row in csv.DictReader(f)}
-    if which not in rows:
-        known = ", ".join(sorted(rows)) or "none"
-        raise RecipeError(f"--from-study: no trial {which!r} in {trials_path} (trials: {known})")
-    row = rows[which]
-    config = base.replace(**{name: float(row[name]) for name in SEARCHED})
+    try:
+        with open(trials_path, newline="", encoding="utf-8") as f:
+            listed = list(csv.DictReader(f))
+        if any(None in row or None in row.values() for row in listed):
+            raise ValueError("a row is cut short")
+        rows = {row["trial_id"]: row for row in listed}
+        if which not in rows:
+            known = ", ".join(sorted(rows)) or "none"
+            raise RecipeError(f"--from-study: no trial {which!r} in {trials_path} (trials: {known})")
+        row = rows[which]
+        settings = {name: float(row[name]) for name in SEARCHED}
+    except (KeyError, TypeError, ValueError, csv.Error) as e:  # cut short: a row or a column missing
+        raise RecipeError(f"{trials_path}: damaged ({type(e).__name__}: {e}); python -m search.report --study "
+                          f"{shlex.quote(study_dir.name)} --results-dir {shlex.quote(str(root))} rebuilds it from the "
+                          f"study's optuna.db") from None
+    config = base.replace(**settings)
     return config, f"study {study_dir.name!r}, trial {which} ({row['state']}, value {row['value'] or 'none'})", study_dir
 
 

@@ -4,7 +4,9 @@ One self-contained page (plotly.js embedded once; it opens offline) built from t
 results directory alone: spec.json, optuna.db (the source of truth for trials, opened
 read-only), revalidation.json once re-validation has chosen, and final/ (a run directory per
 seed, and their summary.json) as far as the final runs got. It works on a study that is still running:
-trials.csv and best.json are not needed. The same files give the same page, byte for byte.
+trials.csv and best.json are not needed. The same files give the same page, byte for byte. A damaged
+final/summary.json or trials.csv is rebuilt from its sources; a damaged spec.json or revalidation.json is a
+ReportError (search.record).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from recipe.checkpoint import write_text
 from recipe.cli import Parser, fail
 from recipe.config import RecipeError
 from recipe.curves import run_figure
-from search.results import STATES, chosen_trial, load_revalidation, trials_frame
+from search.record import final_seeds_on_disk, load_final_summary, load_revalidation, trial_states
+from search.results import STATES, chosen_trial, trials_frame
 from search.study import SEARCHED, StudyPaths, StudySpec
 
 # fANOVA fits a forest to (settings -> objective); with fewer complete trials than searched
@@ -122,10 +125,7 @@ class FinalRun:
 def load_spec(paths: StudyPaths) -> StudySpec:
     if not paths.spec.is_file():
         raise ReportError(f"{paths.spec}: no such file; {paths.root} is not a study's results directory")
-    try:
-        return paths.load_spec()
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{paths.spec}: not valid JSON ({e})") from None
+    return paths.load_spec()  # damaged: a SpecError saying what to do
 
 
 def open_study(paths: StudyPaths, spec: StudySpec) -> optuna.Study | None:
@@ -195,13 +195,11 @@ def load_run(run: Path) -> FinalRun:
 
 
 def load_final(paths: StudyPaths, spec: StudySpec) -> FinalRuns:
-    seeds = sorted(int(d.name.removeprefix("seed-")) for d in paths.final.glob("seed-*")
-                   if d.is_dir() and d.name.removeprefix("seed-").isdigit())
+    seeds = final_seeds_on_disk(paths)
     runs = {seed: run for seed in seeds if (run := load_run(paths.final_run(seed))).status is not None}
     if not seeds and (paths.final / "metrics.csv").is_file():  # a study from before final/seed-<s>/: one run in final/
         return FinalRuns(runs={spec.seed: load_run(paths.final)}, summary={})
-    summary_path = paths.final / "summary.json"
-    return FinalRuns(runs=runs, summary=json.loads(summary_path.read_text()) if summary_path.is_file() else {})
+    return FinalRuns(runs=runs, summary=load_final_summary(paths) or {})  # damaged: rebuilt from the runs' own
 
 
 def epochs_of(trial: FrozenTrial) -> int:
@@ -694,6 +692,8 @@ document.querySelectorAll("table.sortable").forEach(function (table) {
 def build_report(paths: StudyPaths) -> str:
     """The report page of the study in `paths`, as HTML; raises ReportError if it cannot be read."""
     spec = load_spec(paths)
+    if paths.trials_csv.is_file():  # not read here, but a damaged one is rebuilt (recipe.train --from-study reads it)
+        trial_states(paths)
     study = open_study(paths, spec)
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number) if study is not None else []
     objective = Objective(spec.metric, spec.mode)

@@ -17,6 +17,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from recipe.checkpoint import write_json, write_text
+from search.record import load_revalidation  # noqa: F401 (search.tuning reads it from here)
 from search.study import FINISHED, SEARCHED, StudyPaths, StudySpec
 
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
@@ -115,14 +116,6 @@ def revalidation_record(study: optuna.Study, spec: StudySpec, runs: list[dict[st
         "epochs": sum(int(r.get("epochs") or 0) for r in runs),
         "wall_time_s": (max(r["ended"] for r in runs if r.get("ended") is not None) - min(starts)) if starts else None,
     }
-
-
-def load_revalidation(paths: StudyPaths) -> dict[str, Any] | None:
-    """revalidation.json once re-validation has chosen; None before (while it runs the file holds ended re-runs)."""
-    if not paths.revalidation.is_file():
-        return None
-    record = json.loads(paths.revalidation.read_text())
-    return record if "chosen" in record else None
 
 
 def chosen_trial(study: optuna.Study, spec: StudySpec, revalidation: dict[str, Any] | None) -> FrozenTrial | None:

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import csv
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -28,8 +26,8 @@ from typing import Any
 from recipe.checkpoint import DiskFullError, human_size, is_disk_full, unwritable_reason
 from recipe.cli import Parser, add_config_flags, fail, given_settings
 from recipe.config import RecipeError
-from recipe.data import check_data
-from search import lock
+from recipe.data import check_data, check_sizes
+from search import lock, record
 from search import study as studies
 from search.plan import Plan, check_gpus, is_loopback, local_gpus
 from search.study import FINISHED, StudyPaths, StudySpec
@@ -111,12 +109,45 @@ def study_state(paths: StudyPaths) -> str:
         return "new"
     if not paths.trials_csv.exists():  # written when the search ends
         return "interrupted"
+    states = record.trial_states(paths)  # a damaged trials.csv is rebuilt, whatever the state
     if not paths.best.exists():  # written once re-validation has chosen: none before, or no complete trial
-        with open(paths.trials_csv, newline="") as f:
-            return "interrupted" if any(row["state"] == "complete" for row in csv.DictReader(f)) else "no_best"
-    summary = paths.final / "summary.json"  # written when every final run has ended
-    ended = summary.exists() and json.loads(summary.read_text()).get("status") in FINISHED
-    return "finished" if ended else "searched"
+        return "interrupted" if "complete" in states else "no_best"
+    summary = record.load_final_summary(paths)  # written when every final run has ended
+    return "finished" if summary is not None and summary["status"] in FINISHED else "searched"
+
+
+def check_runs(spec: StudySpec) -> None:
+    """Every kind of run the study starts, built as it will be and checked against its data now, before Ray.
+
+    A setting that cannot work with the data (an eval_subset above the test set's size, say) is one line here,
+    not a run that fails with its retries once the search has spent its hours.
+    """
+    params = spec.seed_params()
+    runs = (("the trials", spec.trial_config(params)),
+            ("the re-validation runs", spec.trial_config(params, seed=spec.revalidation_seed())),
+            ("the final runs", spec.final_config(params)))
+    sizes: dict[tuple[str, str], tuple[int, int]] = {}  # each data source loaded once
+    for what, config in runs:
+        source = (config.data, config.data_dir)
+        try:
+            if source in sizes:
+                check_sizes(config, *sizes[source])
+            else:
+                sizes[source] = check_data(config)
+        except RecipeError as e:
+            raise RecipeError(f"{what}: {e}") from None
+
+
+def edited_keys(saved: StudySpec, now: StudySpec) -> list[str]:
+    """The study file's keys whose values differ between two specs (the saved one and the file as it is now)."""
+    def flat(value: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(value, dict):
+            return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+        return {prefix.rstrip("."): value}
+
+    a, b = flat(saved.to_dict(), ""), flat(now.to_dict(), "")
+    toml_names = {"metric": "objective.metric", "selection.final_seeds": "final.seeds"}
+    return sorted(toml_names.get(k, k) for k in set(a) | set(b) if a.get(k, None) != b.get(k, None))
 
 
 def check_writable(flag: str, given: str, path: Path) -> None:
@@ -127,7 +158,8 @@ def check_writable(flag: str, given: str, path: Path) -> None:
 
 
 def plan(args: argparse.Namespace) -> Plan:
-    """Everything decided before Ray starts; bad input raises RecipeError and nothing is written."""
+    """Everything decided before Ray starts; bad input raises RecipeError and nothing is written (a damaged file that
+    is derived from others is rebuilt: search.record)."""
     for name, low in MINIMUMS.items():
         value = getattr(args, name)
         if value is not None and value < low:
@@ -159,11 +191,13 @@ def plan(args: argparse.Namespace) -> Plan:
         if changed:
             raise RecipeError(f"--{changed[0].replace('_', '-')}: a resumed study keeps the settings it started with "
                               f"({paths.spec}); resume without it")
-        spec = paths.load_spec()
+        now, spec = with_overrides(spec, args), paths.load_spec()
+        record.read_revalidation(paths)  # damaged, it is one line now, not a crash once the search is done
+        edited = edited_keys(spec, now)  # the file edited since, or a flag of the command that started the study
     else:
-        spec = with_overrides(spec, args)
-        # Missing or malformed data is a one-line error now, not a crash in every trial later.
-        check_data(spec.trial_config(spec.seed_params()))
+        spec, edited = with_overrides(spec, args), []
+    # Missing or malformed data, or settings the data cannot serve, are one line now, not a crash in every run later.
+    check_runs(spec)
     if args.address is None:  # a Ray of the driver's own, given this machine's GPUs (tuning.start_ray)
         check_gpus(spec.resources.gpus, local_gpus(), "this machine")
     if args.address and not is_loopback(args.address) and not args.storage:
@@ -172,6 +206,10 @@ def plan(args: argparse.Namespace) -> Plan:
     storage = args.storage.rstrip("/") if args.storage else str(paths.root.parent)
     if args.storage and "://" not in args.storage:
         storage = str(Path(args.storage).resolve())
+    if edited:  # said once nothing else stops the study
+        print(f"note: {paths.spec} differs from {studies.resolve_path(args.study)} in {', '.join(edited)}; a resumed "
+              f"study keeps the settings it started with (its study file and flags then): the saved spec.json wins",
+              file=sys.stderr)
     return Plan(spec=spec, paths=paths, resume=resume, storage=f"{storage}/{spec.name}", address=args.address,
                 final=not args.no_final, state=state)
 

@@ -3,7 +3,9 @@
 A study file (read with the standard library's tomllib) has these tables; every key is
 optional except the search space:
 
-    seed = 0                      # seeds the sampler, and every trial's recipe
+    name = "default"              # its results directory, results/<name>/ (default: the file's name without
+                                  # .toml): 1 to 100 of A-Z a-z 0-9 - _ . and not starting with "."
+    seed = 0                      # seeds the sampler, and every trial's recipe (0 to 2**32 - 1)
     trials = 40                   # how many trials the search runs
 
     [objective]                   # what a trial is scored on, on its validation split
@@ -44,12 +46,17 @@ optional except the search space:
 Every run of a study (trials, re-validation runs, final runs) scores on the same images: the
 validation split and the test subset are drawn with the study's seed (split_seed); a re-run
 or an extra final run changes only the seed of initialisation, order and augmentation.
+
+load() checks a file whole, each failure a SpecError of one line naming the file and the key: its tables
+and types, its name, its seed, and each range at both ends against RecipeConfig's own validation (a trial
+may sample either end). search.run then checks every kind of run against its data (run.check_runs).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +66,12 @@ from recipe.config import SEARCHED, RecipeConfig, RecipeError
 METRICS = {"eval_acc": "max", "eval_loss": "min"}
 STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 FINISHED = ("completed", "diverged")  # final runs that ended for good; any other status is run again on --resume
+# A study's name is its results directory's name (and its Optuna study's, and Tune's directory's on --storage):
+# a plain file name, so that nothing of the study is written outside --results-dir.
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+NAME_MAX = 100
+# The largest study seed: Optuna's samplers (and the report's fANOVA) seed numpy's RandomState, which takes 32 bits.
+MAX_STUDY_SEED = 2**32 - 1
 
 
 class SpecError(RecipeError):
@@ -187,8 +200,8 @@ class StudySpec:
                 selection=Selection(**d.get("selection", SELECTION_BEFORE)),
                 recipe=d["recipe"], trial=d["trial"], final=d["final"],
             )
-        except (KeyError, TypeError) as e:
-            raise SpecError(f"{where}: not a saved study spec ({e})") from None
+        except (KeyError, TypeError, AttributeError) as e:
+            raise SpecError(f"{where}: not a saved study spec ({type(e).__name__}: {e})") from None
         validate(spec, where)
         return spec
 
@@ -212,11 +225,24 @@ def _table(where: str, name: str, data: dict[str, Any], cls: type, exclude: tupl
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise SpecError(f"{where}: [{name}] has unknown key {unknown[0]!r} (known: {', '.join(fields)})")
+    required = [f.name for f in fields.values()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise SpecError(f"{where}: [{name}] needs {' and '.join(required)}; it has no {missing[0]}")
     values = {}
     for key, value in data.items():
         kind = {"int": int, "bool": bool, "float": float, "int | None": int}[fields[key].type]
         values[key] = _typed(where, f"{name}.{key}", value, kind, minimum=0 if kind is int else None)
     return cls(**values)
+
+
+def check_name(where: str, name: str, from_file_name: bool) -> None:
+    """A study's name is a plain file name: letters, digits, '-', '_' and '.', no leading dot, at most NAME_MAX."""
+    if not (len(name) <= NAME_MAX and NAME.fullmatch(name)):
+        source = " (the file's name, as the study sets no name)" if from_file_name else ""
+        raise SpecError(f"{where}: name{source} must be 1 to {NAME_MAX} of the letters A-Z a-z, digits, '-', '_' "
+                        f"and '.', not starting with '.' (it names the study's results directory); got {name!r}")
 
 
 def validate(spec: StudySpec, where: str) -> None:
@@ -241,6 +267,9 @@ def validate(spec: StudySpec, where: str) -> None:
                             ("selection.revalidate_top", spec.selection.revalidate_top, 0)):
         if value < low:
             raise SpecError(f"{where}: {key} must be >= {low}, got {value!r}")
+    if spec.seed > MAX_STUDY_SEED:
+        raise SpecError(f"{where}: seed must be <= {MAX_STUDY_SEED} (Optuna's sampler takes a 32-bit seed), "
+                        f"got {spec.seed!r}")
     if not (math.isfinite(spec.resources.cpus_per_trial) and spec.resources.cpus_per_trial > 0):
         raise SpecError(f"{where}: resources.cpus_per_trial must be > 0, got {spec.resources.cpus_per_trial!r}")
     if spec.resources.gpus is not None and spec.resources.gpus < 0:
@@ -274,6 +303,19 @@ def validate(spec: StudySpec, where: str) -> None:
                             f"which is the study's first trial")
 
 
+def check_ranges(spec: StudySpec, where: str) -> None:
+    """Each range at both ends against RecipeConfig's own validation: a trial may sample either end.
+
+    A study file's rule, not a saved spec's: a study saved before it still resumes and is reported.
+    """
+    for name, p in spec.space.items():
+        for end, value in (("low", p.low), ("high", p.high)):
+            try:
+                RecipeConfig.from_dict({name: value})
+            except RecipeError as e:
+                raise SpecError(f"{where}: space.{name}: {end} = {value!r} is not a value the recipe takes ({e})") from None
+
+
 def resolve_path(study: str) -> Path:
     """A study name in studies/ or a path to a .toml file."""
     path = Path(study)
@@ -288,7 +330,14 @@ def load(study: str) -> StudySpec:
         known = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.toml")))
         raise SpecError(f"{path}: no such study file (studies: {known}; or give a path to a .toml file)")
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{path}: not a UTF-8 text file (byte {e.start} is {e.object[e.start]:#04x}); a TOML file "
+                        f"is UTF-8") from None
+    except OSError as e:
+        raise SpecError(f"{path}: cannot be read ({e.strerror or e})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: not valid TOML ({e})") from None
     where = str(path)
@@ -301,6 +350,8 @@ def load(study: str) -> StudySpec:
     if not isinstance(objective, dict) or set(objective) - {"metric", "mode"}:
         raise SpecError(f"{where}: [objective] takes metric (and mode, which must match it)")
     metric = objective.get("metric", "eval_acc")
+    if not isinstance(metric, str) or metric not in METRICS:
+        raise SpecError(f"{where}: objective.metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if "mode" in objective and METRICS.get(metric) != objective["mode"]:
         raise SpecError(f"{where}: objective.mode for {metric} must be {METRICS.get(metric)!r}, got {objective['mode']!r}")
     space_data = data.get("space", {})
@@ -319,8 +370,10 @@ def load(study: str) -> StudySpec:
     selection = _table(where, "selection", data.get("selection", {}), Selection, exclude=("final_seeds",))
     if "seeds" in final:  # the number of final runs: a key of [final] beside its recipe settings
         selection = dataclasses.replace(selection, final_seeds=_typed(where, "final.seeds", final.pop("seeds"), int, 1))
+    name = _typed(where, "name", data.get("name", path.stem), str)
+    check_name(where, name, from_file_name="name" not in data)
     spec = StudySpec(
-        name=_typed(where, "name", data.get("name", path.stem), str),
+        name=name,
         space=space,
         seed=_typed(where, "seed", data.get("seed", 0), int, 0),
         trials=_typed(where, "trials", data.get("trials", 40), int, 1),
@@ -334,6 +387,7 @@ def load(study: str) -> StudySpec:
         final=final,
     )
     validate(spec, where)
+    check_ranges(spec, where)
     return spec
 
 
@@ -383,4 +437,25 @@ class StudyPaths:
         return self.root / "report.html"
 
     def load_spec(self) -> StudySpec:
-        return StudySpec.from_dict(json.loads(self.spec.read_text()), str(self.spec))
+        """The study as it ran; a damaged spec.json, which nothing else holds, is a SpecError saying what to do."""
+        try:
+            data = read_object(self.spec)
+        except ValueError as e:
+            raise SpecError(f"{self.spec}: damaged ({e}); it holds the study's settings as it ran, and no other file "
+                            f"does: put back a copy of it, or remove {self.root} to start the study over") from None
+        return StudySpec.from_dict(data, str(self.spec))
+
+
+def read_object(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; a ValueError saying why where the file holds none (cut short, say).
+
+    A study writes its files whole (a temporary name renamed into place): one that does not read was damaged
+    from outside (an interrupted copy, a failed disk, an editor).
+    """
+    try:
+        value = json.loads(path.read_bytes())
+    except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"not a JSON object but {type(value).__name__}")
+    return value

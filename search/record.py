@@ -1,0 +1,123 @@
+"""A study's own files read back, damage included: the driver's and the report's one way to read them.
+
+A study writes its files whole, so one that does not read was damaged from outside (an interrupted copy, a
+failed disk, an editor). A file derived from others is rebuilt from them, with a note on stderr:
+final/summary.json from the final runs' own summary.json files, trials.csv from optuna.db. One that is not
+(spec.json, the study as it ran; revalidation.json, re-validation's record) is a one-line RecipeError naming
+it and saying what to do. Reading costs no import of Optuna or pandas unless a file must be rebuilt.
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from typing import Any
+
+from recipe.checkpoint import write_json
+from recipe.config import RecipeError
+from search.study import StudyPaths, read_object
+
+TRIAL_STATES = ("complete", "pruned", "failed", "running", "waiting")  # trials.csv's states (results.STATES)
+
+
+def note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def load_revalidation(paths: StudyPaths) -> dict[str, Any] | None:
+    """revalidation.json once re-validation has chosen; None before (while it runs the file holds ended re-runs)."""
+    record = read_revalidation(paths)
+    return record if record is not None and "chosen" in record else None
+
+
+def read_revalidation(paths: StudyPaths) -> dict[str, Any] | None:
+    """revalidation.json as it is (None where there is none); damaged, a RecipeError saying what to do."""
+    if not paths.revalidation.is_file():
+        return None
+    try:
+        record = read_object(paths.revalidation)
+        if not isinstance(record.get("runs"), list):
+            raise ValueError("no list of runs")
+    except ValueError as e:
+        raise RecipeError(f"{paths.revalidation}: damaged ({e}); it is re-validation's own record: put back a copy "
+                          f"of it, or remove it and continue the study with --resume, which records re-validation "
+                          f"again") from None
+    return record
+
+
+def final_seeds_on_disk(paths: StudyPaths) -> list[int]:
+    """The seeds of the final runs that have a directory, final/seed-<s>/."""
+    return sorted(int(d.name.removeprefix("seed-")) for d in paths.final.glob("seed-*")
+                  if d.is_dir() and d.name.removeprefix("seed-").isdigit())
+
+
+def load_final_summary(paths: StudyPaths) -> dict[str, Any] | None:
+    """final/summary.json, None before the final runs have ended; a damaged one is rebuilt from the runs' own."""
+    path = paths.final / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = read_object(path)
+        if not isinstance(summary.get("status"), str):
+            raise ValueError("no status")
+        return summary
+    except ValueError as e:
+        why = e
+    seeds = final_seeds_on_disk(paths)
+    if not seeds:  # a study from before final/seed-<s>/ kept its one final run's own summary.json there
+        raise RecipeError(f"{path}: damaged ({why}), and no final run (final/seed-<s>/) to rebuild it from; remove "
+                          f"{paths.final} and continue the study with --resume, which runs the final run again")
+    for seed in seeds:
+        run_summary = paths.final_run(seed) / "summary.json"
+        try:
+            if run_summary.is_file():
+                read_object(run_summary)
+        except ValueError as e:
+            raise RecipeError(f"{path}: damaged ({why}), and so is {run_summary}, from which it is rebuilt ({e}); "
+                              f"put back a copy of either") from None
+    from search.results import final_summary  # pure, but beside Optuna's and pandas' imports
+
+    summary = final_summary(paths, seeds)
+    write_json(path, summary)
+    note(f"{path} was damaged ({why}); rebuilt from the final runs' own summaries "
+         f"(final/seed-{{{','.join(map(str, seeds))}}}/summary.json)")
+    return summary
+
+
+def trial_states(paths: StudyPaths) -> list[str]:
+    """The state of each trial trials.csv lists (written when the search ends); a damaged one is rebuilt first."""
+    try:
+        return read_trial_states(paths)
+    except ValueError as e:
+        why = e
+    if not paths.optuna_db.is_file():
+        raise RecipeError(f"{paths.trials_csv}: damaged ({why}), and {paths.optuna_db}, from which it is rebuilt, is "
+                          f"gone; remove {paths.root} to start the study over")
+    from search import results  # imports Optuna and pandas
+
+    spec = paths.load_spec()
+    try:
+        study = results.open_study(paths, spec)
+    except Exception as e:  # sqlite's, SQLAlchemy's and Optuna's errors alike: the database does not read
+        raise RecipeError(f"{paths.trials_csv}: damaged ({why}), and {paths.optuna_db}, from which it is rebuilt, "
+                          f"does not read ({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}); "
+                          f"remove {paths.root} to start the study over") from None
+    results.write_trials(paths, spec, study, load_revalidation(paths))
+    note(f"{paths.trials_csv} was damaged ({why}); rebuilt from {paths.optuna_db}")
+    return read_trial_states(paths)
+
+
+def read_trial_states(paths: StudyPaths) -> list[str]:
+    """trials.csv's states; a ValueError saying why where a row is cut short or the file is not a table of trials."""
+    try:
+        with open(paths.trials_csv, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"not a CSV table: {e}") from None
+    if "trial_id" not in columns or "state" not in columns:
+        raise ValueError("no trial_id and state columns")
+    for line, row in enumerate(rows, start=2):
+        if None in row or None in row.values() or row["state"] not in TRIAL_STATES:
+            raise ValueError(f"line {line} is cut short or not a trial")
+    return [row["state"] for row in rows]
