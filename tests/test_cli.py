@@ -207,6 +207,28 @@ def test_train_with_a_missing_npz_says_which_file(work, capsys):
     assert tree(work) == before
 
 
+class RunsOnLoad:
+    """A pickled object that, were it unpickled, would make a directory: proof that code in a file ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+def test_train_on_an_npz_holding_an_object_array_is_one_line_and_unpickles_nothing(work, capsys):
+    marker = work / "code-ran"
+    data = work / "objects.npz"
+    images = np.zeros((100, 32, 32, 3), np.uint8)
+    labels = np.array([RunsOnLoad(marker)] * 100, dtype=object)
+    np.savez(data, x_train=images, y_train=labels, x_test=images, y_test=np.arange(100) % 100)
+    before = tree(work)
+    result = call(train_main, [*tiny_flags(), "--data", str(data), "--out", str(work / "run")], capsys)
+    assert_usage_error(result, str(data), "not a readable .npz of arrays")
+    assert not marker.exists() and tree(work) == before
+
+
 def test_train_into_an_unwritable_out_says_it_cannot_write_there(work, capsys):
     (work / "a-file").write_text("not a directory\n")
     before = tree(work)
@@ -252,6 +274,36 @@ def test_python_m_recipe_train_bad_input_is_one_line_and_exit_2(tmp_path):
     assert_one_line_from_python_m(proc, str(missing), "no such file")
     assert proc.stdout == ""
     assert list(tmp_path.iterdir()) == []
+
+
+# Training in a process where search, Ray and Optuna cannot be imported (as on a machine without them): every
+# recipe module imports, a run trains and a study's best.json is trained again.
+WITHOUT_SEARCH = """
+import importlib, json, pkgutil, sys
+for name in ("search", "ray", "optuna"):
+    sys.modules[name] = None  # an import of it, or of anything in it, raises ImportError
+import recipe
+from recipe.train import main
+for module in pkgutil.iter_modules(recipe.__path__):
+    importlib.import_module(f"recipe.{module.name}")
+flags, out, results = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
+assert main([*flags, "--out", f"{out}/plain"]) == 0
+assert main(["--from-study", "best", "--results-dir", results, "--out", f"{out}/best"]) == 0
+"""
+
+
+def test_recipe_trains_and_reruns_a_studys_best_without_search_ray_or_optuna(tmp_path):
+    study = tmp_path / "results" / "s"
+    study.mkdir(parents=True)
+    final = tiny_config(epochs=1, lr=0.05, seed=2)
+    (study / "best.json").write_text(json.dumps({"trial_id": 3, "value": 0.5, "final_config": final.to_dict()}))
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_SEARCH, json.dumps(tiny_flags(epochs=1)), str(tmp_path),
+                           str(tmp_path / "results")], cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "from study 's', best trial 3" in proc.stdout
+    assert json.loads((tmp_path / "best" / "config.json").read_text()) == final.to_dict()
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["status"] == "completed"
 
 
 # ---- python -m recipe.train: a good run, and what can be done with it afterwards ---------------
@@ -373,6 +425,19 @@ def test_resume_on_a_truncated_checkpoint_is_one_line_and_changes_nothing(run_co
     result = call(train_main, [*tiny_flags(epochs=2), "--out", str(run_copy), "--resume"], capsys)
     assert_usage_error(result, str(last), "not a readable checkpoint")
     assert tree(run_copy.parent) == before
+
+
+def test_resume_on_a_checkpoint_holding_a_pickled_object_is_one_line_and_runs_none_of_it(run_copy, tmp_path, capsys):
+    import torch
+
+    last = run_copy / "checkpoints" / "last.pt"
+    marker = tmp_path / "code-ran"
+    state = torch.load(last, weights_only=True)  # the run's own state, with an object slipped in
+    torch.save({**state, "history": [*state["history"], RunsOnLoad(marker)]}, last)
+    before = tree(run_copy.parent)
+    result = call(train_main, [*tiny_flags(epochs=2), "--out", str(run_copy), "--resume"], capsys)
+    assert_usage_error(result, str(last), "not a readable checkpoint")
+    assert not marker.exists() and tree(run_copy.parent) == before
 
 
 # ---- python -m recipe.train: Ctrl-C, then --resume -------------------------------------------

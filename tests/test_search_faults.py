@@ -271,6 +271,7 @@ def test_trials_stopped_midway_go_on_from_their_checkpoints(interrupted):
 
 def test_a_damaged_trial_checkpoint_restarts_that_trial_from_epoch_0_once(interrupted):
     k = interrupted
+    assert k["damaged"], "the driver was not killed with a trial midway: no checkpoint was damaged"
     trials = {t.user_attrs["ray_trial_id"]: t for t in k["after_search"]}
     for trial_id in k["damaged"]:
         t = trials[trial_id]

@@ -64,6 +64,32 @@ def test_a_diverged_trial_fails_with_its_reason(setup):
     assert t.intermediate_values == {1: 0.02}
 
 
+def test_a_trial_that_diverges_ends_without_an_error_for_tune_to_retry_and_fails_with_its_reason(setup, tmp_path,
+                                                                                                 monkeypatch):
+    from recipe.config import SEARCHED
+    from search import trainable
+
+    spec, searcher, reopen = setup
+    params = searcher.suggest("t0")
+    reports = []
+    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)
+    monkeypatch.setattr(trainable.tune, "report",
+                        lambda metrics, checkpoint=None: reports.append((metrics, checkpoint)))
+    monkeypatch.chdir(tmp_path)  # the trial's working directory
+    base = {k: v for k, v in spec.trial_config(params).to_dict().items() if k not in SEARCHED}
+    # An lr the toy network cannot take: its loss is not finite in epoch 1. The trainable returns (Tune retries a
+    # trial only where it raises), after one report with no checkpoint (nothing worth resuming from).
+    trainable.run_recipe({**params, "lr": 1e5}, base=base, threads=1)
+    assert [(m["epoch"], m["status"], c) for m, c in reports] == [(1, "diverged", None)]
+    # As Tune tells the searcher: each result, then the trial's end with its last one.
+    searcher.on_trial_result("t0", reports[-1][0])
+    searcher.on_trial_complete("t0", result=reports[-1][0])
+    t = reopen().trials[0]
+    assert t.state == TrialState.FAIL and t.user_attrs["epochs"] == 1
+    assert t.user_attrs["reason"] == "diverged: the training loss was not finite in epoch 1"
+    assert t.intermediate_values == {}
+
+
 def test_a_crashed_trial_fails_with_the_error_as_its_reason(setup):
     _, searcher, reopen = setup
     searcher.suggest("t0")

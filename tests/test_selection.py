@@ -66,6 +66,24 @@ def test_a_diverged_re_run_ranks_its_trial_last_and_a_failed_one_after_those_wit
     assert record["chosen"] == 0
 
 
+def test_revalidate_top_0_runs_no_re_validation_and_best_json_names_the_best_complete_trial(tmp_path):
+    from search import run as search_run
+    from search import tuning
+    from search.plan import Plan
+
+    spec = search_run.with_overrides(SPEC, search_run.parse_args(["--revalidate-top", "0"]))
+    assert spec.selection.revalidate_top == 0
+    paths = StudyPaths(tmp_path / "results" / spec.name)
+    plan = Plan(spec=spec, paths=paths, resume=False, storage=str(tmp_path / "results" / spec.name), address=None,
+                final=True)
+    study = study_of([0.40, None, 0.52, 0.45])
+    assert tuning.revalidate(plan, 0, study) is None  # nothing trained again (no Tune run: no Ray needed)
+    best = results.write_results(paths, spec, study, None)
+    assert json.loads(paths.best.read_text()) == best
+    assert best["trial_id"] == 2 and best["values"] == [0.52] and not best["revalidated"]
+    assert not paths.revalidation.exists()
+
+
 def test_a_minimised_metric_chooses_the_lowest_mean():
     spec = SPEC.replace(metric="eval_loss")
     study = study_of([2.0, 1.5, 1.8], spec)

@@ -110,6 +110,26 @@ def test_cpus_per_trial_may_be_a_fraction_as_rays_and_a_trials_threads_are_its_w
     assert f"{cpus:g} CPU{'s' * (cpus != 1)} per trial" in spec_html(spec)  # the report's record of the study
 
 
+@pytest.mark.parametrize("cpus, at_once", [(16, 6), (4, 4)], ids=["as-the-gpus-take", "as-the-cpus-serve"])
+def test_trials_per_gpu_shares_each_gpu_among_that_many_trials_and_sets_how_many_run_at_once(monkeypatch, cpus,
+                                                                                             at_once):
+    from search import run as search_run
+    from search import tuning
+
+    args = search_run.parse_args(["--study", "smoke", "--gpus", "2", "--trials-per-gpu", "3"])
+    spec = search_run.with_overrides(studies.load("smoke"), args)
+    assert (spec.resources.gpus, spec.resources.trials_per_gpu) == (2, 3)
+    # What a Ray given 2 GPUs shows (on a CPU machine, logical ones: ray.init(num_gpus=2)).
+    monkeypatch.setattr(tuning.ray, "cluster_resources", lambda: {"CPU": float(cpus), "GPU": 2.0})
+    monkeypatch.setattr(tuning.ray, "nodes", lambda: [{"Alive": True}])
+    gpus = tuning.gpus_to_use(spec)
+    assert gpus == 2
+    assert tuning.resources(spec, gpus) == {"cpu": 1, "gpu": pytest.approx(1 / 3)}  # a third of a GPU per trial
+    assert tuning.resources(spec, gpus, final=True) == {"cpu": 1, "gpu": 1.0}  # a final run has a GPU of its own
+    assert tuning.concurrency(spec, gpus) == at_once  # 2 GPUs x 3 trials, where the CPUs (1 a trial) serve them
+    assert tuning.base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus)["device"] == "cuda"
+
+
 def test_selection_re_validates_the_top_trials_and_final_seeds_follow_the_gpus(tmp_path):
     assert studies.load("default").selection.revalidate_top == 3
     smoke = studies.load("smoke")
