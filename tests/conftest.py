@@ -275,8 +275,9 @@ def run_study(args: list[str], *, isolated: bool = False, timeout: float = 900, 
 
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory):
-    """The smoke study, run once as the README runs it, in an isolated network where possible, with two final seeds
-    (--final-seeds 2; the tiny study of test_search_faults runs the default, one on CPU), one trial at a time.
+    """The smoke study, run once as a user runs a study (the README's demo, studies/demo.toml, is larger), in an
+    isolated network where possible, with two final seeds (--final-seeds 2; the tiny study of test_search_faults runs
+    the default, one on CPU), one trial at a time.
 
     While it runs, once a trial has finished and others run, `python -m search.report` is run
     on it as a user would, and that report is kept as run.report_while_running.

@@ -1,4 +1,5 @@
-"""The smoke study end to end, as a user runs it: `python -m search.run --study smoke`."""
+"""The smoke study end to end, as a user runs a study: `python -m search.run --study smoke` (the README's demo is the
+larger `demo` study, which the tests do not run)."""
 import csv
 import html
 import ipaddress
