@@ -48,6 +48,7 @@ EOF
 # 1. The smoke study, end to end.
 "$venv/bin/python" -m search.run --study smoke --results-dir "$out/whole" | tee "$out/whole.log"
 tail -n 1 "$out/whole.log" | grep -q '^final: ' || fail "the smoke study did not end with its final line"
+! grep -q '^report: not written' "$out/whole.log" || fail "the smoke study's report was not written"
 
 # 2. The smoke study killed midway (SIGKILL to the driver and the Ray it started, a session of their own, as to a
 # lost machine's), once a trial has ended and others run, then resumed to its end.
