@@ -87,7 +87,8 @@ def test_a_driver_without_ray_installed_says_so_in_one_line(no_ray, monkeypatch)
 def test_a_ray_at_or_above_the_floor_passes(no_ray, monkeypatch, version):
     floor = search_run.declared_floors()["ray"]
     major, minor, *_ = map(int, floor.split("."))
-    installed_as(monkeypatch, "ray", {"floor": floor, "floor.post1": f"{floor}.post1", "newer": f"{major}.{minor + 1}.0"}[version])
+    installed = {"floor": floor, "floor.post1": f"{floor}.post1", "newer": f"{major}.{minor + 1}.0"}[version]
+    installed_as(monkeypatch, "ray", installed)
     search_run.check_engines()
 
 
