@@ -241,7 +241,7 @@ def declared_floors() -> dict[str, str]:
 def check_engines(names: tuple[str, ...] = ENGINES) -> None:
     """One line (RecipeError) where Ray or Optuna is missing or older than this project's floor, before either is imported.
 
-    pip keeps them at their floors, but an environment installed with --no-deps, or by conda, may not;
+    pip keeps them at or above their floors, but an environment installed with --no-deps, or by conda, may not;
     a driver must also run its cluster's Ray, so a user picks that Ray and may pick one too old.
     """
     floors = declared_floors()
