@@ -13,12 +13,15 @@ from __future__ import annotations
 import argparse
 import atexit
 import dataclasses
+import importlib.metadata
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import sys
+import tomllib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -239,9 +242,64 @@ def forget_if_empty(root: Path, created: list[Path]) -> None:
             d.rmdir()
 
 
+DISTRIBUTION = "cifar100-hpo"
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"  # there in a checkout (an editable install)
+ENGINES = ("ray", "optuna")  # what the driver imports; below their floors it would stop in an ImportError, or worse
+
+
+def release(version: str) -> tuple[int, ...]:
+    """A version's release numbers: '2.45.0rc1' -> (2, 45, 0) (a pre-release counts as its release)."""
+    return tuple(int(n) for n in re.match(r"\d+(?:\.\d+)*", version).group().split("."))
+
+
+def declared_requirements() -> list[str]:
+    """The project's dependencies as pyproject.toml declares them, the one place they are written.
+
+    Read from the file in a checkout (an editable install's metadata is a copy as old as its install),
+    else from the installed project's metadata; none for a project neither checked out nor installed.
+    """
+    if PYPROJECT.is_file():
+        return tomllib.loads(PYPROJECT.read_text())["project"]["dependencies"]
+    try:
+        return importlib.metadata.requires(DISTRIBUTION) or []
+    except importlib.metadata.PackageNotFoundError:
+        return []
+
+
+def declared_floors() -> dict[str, str]:
+    """Each dependency's floor (its `>=`) by name; CI's floor environment pins the same (.ci/floor-constraints.txt)."""
+    floors = {}
+    for requirement in declared_requirements():
+        found = re.match(r"([A-Za-z0-9._-]+)\s*(?:\[[^]]*\])?\s*>=\s*([0-9][^,;\s]*)", requirement)
+        if found and ";" not in requirement:  # an extra's (dev) or a platform's requirement is not the driver's
+            floors[found[1].lower().replace("_", "-")] = found[2]
+    return floors
+
+
+def check_engines(names: tuple[str, ...] = ENGINES) -> None:
+    """One line (RecipeError) where Ray or Optuna is missing or older than this project's floor, before either is imported.
+
+    pip keeps them at or above their floors, but an environment installed with --no-deps, or by conda, may not;
+    a driver must also run its cluster's Ray, so a user picks that Ray and may pick one too old.
+    """
+    floors = declared_floors()
+    for name in names:
+        if name not in floors:
+            continue
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise RecipeError(f"{name} is not installed; this project needs {name}>={floors[name]}") from None
+        if release(installed) < release(floors[name]):
+            cluster = " that your cluster runs too" if name == "ray" else ""
+            raise RecipeError(f"{name} {installed} is installed, older than this project's floor: install "
+                              f"{name}>={floors[name]}{cluster}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        check_engines()
         p = plan(args)
         hold_lock(p)
     except RecipeError as e:

@@ -13,9 +13,8 @@ import optuna
 import pyarrow.fs
 import ray
 from ray import tune
-from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
-from ray._raylet import AuthenticationMode, GcsClient, get_authentication_mode  # no public API for these
-from ray.exceptions import ActorDiedError, AuthenticationError, GetTimeoutError, RpcError
+from ray._raylet import GcsClient  # no public API for a client of the cluster's GCS
+from ray.exceptions import ActorDiedError, GetTimeoutError, RpcError
 from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
 from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
@@ -31,6 +30,15 @@ from search.searcher import FailureReasons, StudySearcher, error_of, fail_runnin
 from search.storage import whole_files
 from search.study import SEARCHED, StudySpec
 from search.trainable import DISK_FULL, RUN_DIR, run_recipe
+
+try:  # Ray's token authentication (RAY_AUTH_MODE=token), from Ray 2.52; no public API for these
+    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+    from ray.exceptions import AuthenticationError
+
+    TOKEN_AUTH = True
+except ImportError:  # an older Ray: every cluster admits every driver, and there is no token to check
+    TOKEN_AUTH = False
 
 
 class DropEndedCheckpoints(tune.Callback):
@@ -174,14 +182,18 @@ TOKEN_SOURCES = ("in RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.
 
 
 def check_cluster_admits_driver(address: str) -> None:
-    """One line, at once, where the cluster's GCS refuses this driver's authentication.
+    """One line, at once, where the cluster's GCS refuses this driver's authentication, or none answers.
 
     Left to ray.init, a refused token costs half a minute of retries and ends in a
     ConnectionError whose cause survives only as text. A GCS client of our own raises Ray's
-    AuthenticationError on the first refusal.
+    AuthenticationError on the first refusal. A Ray without token authentication (before 2.52)
+    refuses no driver: only whether a cluster answers is checked there.
     """
     if "://" in address or address in ("auto", "local"):
         return  # Ray Client, or Ray finding a cluster itself: ray.init's own way
+    if not TOKEN_AUTH:
+        check_cluster_answers(address)
+        return
     try:
         # As ray.init does first; a GCS client in token mode without a token aborts the process.
         ensure_token_if_auth_enabled(None, create_token_if_missing=False)
@@ -189,14 +201,23 @@ def check_cluster_admits_driver(address: str) -> None:
         raise RecipeError(f"--address {address}: RAY_AUTH_MODE=token but this driver has no token; give it the "
                           f"cluster's token ({TOKEN_SOURCES})") from None
     try:
-        with quiet_stderr():  # Ray's C++ client logs each refusal there too
-            GcsClient(address=address)
+        check_cluster_answers(address)
     except AuthenticationError:
         if get_authentication_mode() == AuthenticationMode.TOKEN:
             raise RecipeError(f"--address {address}: the cluster refused this driver's authentication token; give the "
                               f"driver the cluster's token ({TOKEN_SOURCES})") from None
         raise RecipeError(f"--address {address}: the cluster requires Ray's token authentication; set RAY_AUTH_MODE=token "
                           f"and the cluster's token ({TOKEN_SOURCES})") from None
+
+
+def check_cluster_answers(address: str) -> None:
+    """One line where no Ray cluster answers at the address (after the half a minute Ray's client waits).
+
+    On a Ray with token authentication, a cluster that refuses this driver raises Ray's AuthenticationError.
+    """
+    try:
+        with quiet_stderr():  # Ray's C++ client logs each refusal there too
+            GcsClient(address=address)
     except RpcError as e:
         raise RecipeError(f"--address {address}: no Ray cluster answers there ({str(e).rstrip('.')}); check the "
                           f"address, which `ray start --head` prints") from None
@@ -229,7 +250,7 @@ def check_cluster_reaches_driver(address: str) -> None:
     authentication makes none, so every actor it starts for this driver (every trial) dies
     before it runs. An actor that needs no resources shows that at once.
     """
-    if get_authentication_mode() != AuthenticationMode.TOKEN:
+    if not TOKEN_AUTH or get_authentication_mode() != AuthenticationMode.TOKEN:
         return  # a driver without token authentication answers anyone
     probe = Probe.remote()
     try:
