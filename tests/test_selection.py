@@ -66,6 +66,16 @@ def test_a_diverged_re_run_ranks_its_trial_last_and_a_failed_one_after_those_wit
     assert record["chosen"] == 0
 
 
+def test_a_re_run_that_ended_before_its_first_epoch_counts_as_failed_and_out_of_the_wall_time():
+    # Tune's record of a run stopped or crashed before its first report: an end (its start-up figures), no time.
+    study = study_of([0.50, 0.45])
+    early = {**rerun(0, None, "failed"), "time_s": None, "epochs": 0}
+    record = results.revalidation_record(study, SPEC, [early, rerun(1, 0.46)])
+    assert record["chosen"] == 1 and record["trials"][0]["missing_runs"] == 1
+    assert record["wall_time_s"] == pytest.approx(10.0)  # the timed run alone
+    assert results.revalidation_record(study, SPEC, [early])["wall_time_s"] is None
+
+
 def test_a_minimised_metric_chooses_the_lowest_mean():
     spec = SPEC.replace(metric="eval_loss")
     study = study_of([2.0, 1.5, 1.8], spec)
