@@ -7,6 +7,8 @@ Three moments need care, each for a reason of Ray's or Tune's:
   once it has shut down. ray.init installs SIGTERM handlers of its own (Python's, which exits
   wherever ray.init is, and its core worker's, which aborts), so SIGTERM is blocked meanwhile (in
   the driver's thread, not in the processes Ray starts) and the driver's handlers put back after.
+  (A thread that native code started before, a math library's say, may still take a SIGTERM then,
+  and run Ray's handlers: its SystemExit is taken as the stop it is.)
 - Tune's runs (tuner.fit) stop gracefully, their state saved, but Tune's own SIGINT handler leaves
   no trace of the stop: the trials running then end TERMINATED, as if they had ended, and a phase
   whose trials were all running looked done. So the driver handles SIGINT itself
@@ -92,6 +94,9 @@ class Stop:
         self._deferring = True
         try:
             yield
+        except SystemExit:
+            # SIGTERM is blocked in this thread only: another thread took one, and ray.init's handler exited.
+            self.count += 1
         finally:
             self.install()
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # one that came meanwhile is counted now
