@@ -12,6 +12,7 @@ import io
 import json
 import math
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -437,7 +438,20 @@ def resume_command(out: Path) -> str:
     return f"python -m recipe.train --out {shlex.quote(str(out))} --resume"
 
 
+def stop_as_ctrl_c(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    """python -m recipe.train; SIGTERM (a scheduler's stop) stops the run as Ctrl-C does: exit 130 and the hint."""
+    before = signal.signal(signal.SIGTERM, stop_as_ctrl_c)
+    try:
+        return run_main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def run_main(argv: list[str] | None) -> int:
     parser = Parser(
         prog="python -m recipe.train",
         description="Train the fixed ResNet34 recipe on CIFAR-100 (or a .npz of arrays, or synthetic data). "

@@ -443,7 +443,8 @@ def test_ctrl_c_in_the_first_epoch_prints_a_hint_that_works(tmp_path, capsys, mo
     assert [int(row["epoch"]) for row in read_metrics(out)] == [1, 2]
 
 
-def test_the_resume_hint_of_a_run_in_a_path_with_spaces_works_when_pasted(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_the_resume_hint_of_a_run_in_a_path_with_spaces_works_when_pasted(tmp_path, capsys, monkeypatch, stop):
     out = tmp_path / "my runs" / "lr 0.2"
     argv = [*tiny_flags(epochs=2), "--out", str(out)]
     real_epoch = recipe.train.train_epoch
@@ -451,8 +452,10 @@ def test_the_resume_hint_of_a_run_in_a_path_with_spaces_works_when_pasted(tmp_pa
 
     def interrupted_in_epoch_2(*args, **kwargs):
         calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt  # Ctrl-C in epoch 2, after epoch 1's checkpoint
+        if len(calls) == 2:  # in epoch 2, after epoch 1's checkpoint
+            if stop == "ctrl-c":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's stop
         return real_epoch(*args, **kwargs)
 
     with monkeypatch.context() as m:
