@@ -672,6 +672,17 @@ def test_a_study_stopped_once_its_spec_was_written_says_how_to_resume_it_in_a_co
     assert planned.resume and planned.paths.root == results / "smoke"
 
 
+def test_a_study_stopped_as_it_ended_points_to_its_report(work):
+    root = a_study_in(work, "trials.csv", "best.json", "final/summary.json")  # finished, the stop came after
+    args = search_run.parse_args(["--study", "smoke", "--results-dir", str(work / "results")])
+    planned = search_run.Plan(spec=search_study.load("smoke"), paths=search_study.StudyPaths(root), resume=True,
+                              storage=str(work / "results" / "smoke"), address=None, final=True)
+    hint = search_run.after_interrupt(args, None, planned)
+    assert hint.startswith("the study had finished; its report is ") and "--resume" not in hint, hint
+    command = shlex.split(hint.split("rewrite it with: ", 1)[1].removesuffix(")"))
+    assert command == ["python", "-m", "search.report", "--study", "smoke", "--results-dir", str(work / "results")]
+
+
 def test_the_disk_full_hint_is_quoted_too(work):
     args = search_run.parse_args(["--study", "my study.toml", "--results-dir", "a b", "--address", "127.0.0.1:6379"])
     assert shlex.split(search_run.resume_command(args)) == [
