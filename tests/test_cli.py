@@ -33,6 +33,7 @@ import optuna
 import pytest
 
 import recipe.train
+import search
 from recipe.cli import flag
 from recipe.train import main as train_main
 from search import report
@@ -637,7 +638,9 @@ class StoppedTuning:
 
 def stopped(work, capsys, monkeypatch, argv: list[str], *files: str) -> tuple[Result, list[str]]:
     """A study stopped once it had written `files`: its result, and the command its one-line hint gives."""
-    monkeypatch.setitem(sys.modules, "search.tuning", StoppedTuning(*files))
+    tuning = StoppedTuning(*files)
+    monkeypatch.setitem(sys.modules, "search.tuning", tuning)
+    monkeypatch.setattr(search, "tuning", tuning, raising=False)  # `from search import tuning` reads it once imported
     take = search_run.lock.take
     # The driver's lock as a driver's ends with it: here, released at once (an open one would refuse the hint's plan).
     monkeypatch.setattr(search_run.lock, "take", lambda root, name: os.close(take(root, name)))
