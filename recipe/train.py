@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -428,7 +429,25 @@ def config_from_study(results_dir: str | Path, study: str | None, which: str) ->
     return config, f"study {study_dir.name!r}, trial {which} ({row['state']}, value {row['value'] or 'none'})", study_dir
 
 
+def resume_command(out: Path) -> str:
+    """The command that continues the run in `out`, as it can be pasted into a shell (a path with spaces quoted)."""
+    return f"python -m recipe.train --out {shlex.quote(str(out))} --resume"
+
+
+def stop_as_ctrl_c(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    """python -m recipe.train; SIGTERM (a scheduler's stop) stops the run as Ctrl-C does: exit 130 and the hint."""
+    before = signal.signal(signal.SIGTERM, stop_as_ctrl_c)
+    try:
+        return run_main(argv)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def run_main(argv: list[str] | None) -> int:
     parser = Parser(
         prog="python -m recipe.train",
         description="Train the fixed ResNet34 recipe on CIFAR-100 (or a .npz of arrays, or synthetic data). "
@@ -453,6 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and not args.out:
         parser.error("--resume needs --out, the run directory to continue")
     stamp = time.strftime("%Y%m%d-%H%M%S")
+    out: Path | None = None  # a Ctrl-C may come before the run directory is known
     try:
         given = given_settings(args)
         if args.from_study:
@@ -477,13 +497,13 @@ def main(argv: list[str] | None = None) -> int:
     except RecipeError as e:
         fail(str(e))
     except DiskFullError as e:
-        then = (f"continue with: python -m recipe.train --out {out} --resume" if (out / "checkpoints" / "last.pt").exists()
+        then = (f"continue with: {resume_command(out)}" if (out / "checkpoints" / "last.pt").exists()
                 else "run the same command again")
         print(f"error: {e}; free space, then {then}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if (out / "checkpoints" / "last.pt").exists():
-            print(f"\ninterrupted; continue with: python -m recipe.train --out {out} --resume", file=sys.stderr)
+        if out is not None and (out / "checkpoints" / "last.pt").exists():
+            print(f"\ninterrupted; continue with: {resume_command(out)}", file=sys.stderr)
         else:
             print("\ninterrupted; no epoch had ended, so there is nothing to resume: run the same command again",
                   file=sys.stderr)

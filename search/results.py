@@ -102,7 +102,9 @@ def revalidation_record(study: optuna.Study, spec: StudySpec, runs: list[dict[st
                        "missing_runs": len(mine) - len(again), "rank": rank})
     chosen = min(trials, key=lambda r: (not math.isfinite(r["mean_value"]), r["missing_runs"] > 0,
                                         -sign * r["mean_value"] if math.isfinite(r["mean_value"]) else 0, r["rank"]))
-    starts = [r["ended"] - r["time_s"] for r in runs if r.get("ended") is not None]
+    # A re-run that ended before its first epoch has Tune's start-up figures only: an end, no time.
+    timed = [r for r in runs if r.get("ended") is not None and r.get("time_s") is not None]
+    starts = [r["ended"] - r["time_s"] for r in timed]
     return {
         "top": spec.selection.revalidate_top,
         "seed": spec.revalidation_seed(),
@@ -114,7 +116,7 @@ def revalidation_record(study: optuna.Study, spec: StudySpec, runs: list[dict[st
         "best_single": top[0].number,
         "changed": chosen["trial_id"] != top[0].number,
         "epochs": sum(int(r.get("epochs") or 0) for r in runs),
-        "wall_time_s": (max(r["ended"] for r in runs if r.get("ended") is not None) - min(starts)) if starts else None,
+        "wall_time_s": (max(r["ended"] for r in timed) - min(starts)) if starts else None,
     }
 
 

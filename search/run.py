@@ -18,8 +18,8 @@ import logging
 import math
 import os
 import re
+import shlex
 import shutil
-import signal
 import sys
 import tomllib
 import warnings
@@ -33,6 +33,7 @@ from recipe.data import check_data, check_sizes
 from search import lock, record
 from search import study as studies
 from search.plan import Plan, check_gpus, is_loopback, local_gpus
+from search.stopping import TUNE_SIGINT, Stop
 from search.study import FINISHED, StudyPaths, StudySpec
 
 DATA_FLAGS = ("data", "data_dir", "download")
@@ -217,11 +218,6 @@ def plan(args: argparse.Namespace) -> Plan:
                 final=not args.no_final, state=state)
 
 
-def sigterm_as_sigint(signum: int, frame: Any) -> None:
-    """Tune stops a run gracefully on SIGINT, its state saved; SIGTERM gets the same treatment."""
-    os.kill(os.getpid(), signal.SIGINT)
-
-
 def hold_lock(p: Plan) -> None:
     """Take the study's lock for the driver's life (the kernel drops it when the driver dies)."""
     created = [d for d in (p.paths.root, *p.paths.root.parents) if not d.exists()]  # removed again if left empty
@@ -297,37 +293,56 @@ def check_engines(names: tuple[str, ...] = ENGINES) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stop = Stop()
+    with stop.installed():  # Ctrl-C and SIGTERM alike, from the first moment to the last
+        return drive(argv, stop)
+
+
+def drive(argv: list[str] | None, stop: Stop) -> int:
+    """The study as the command line asks; every stop ends in one line: exit status 130 and what to run next."""
     args = parse_args(argv)
+    p: Plan | None = None
     try:
         check_engines()
         p = plan(args)
         hold_lock(p)
-    except RecipeError as e:
-        fail(str(e))
-    if p.on_loopback:
-        os.environ[LOCAL_RAY] = "0"  # read when ray is first imported, below
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: none of Tune's tables; live.py reports
-    warnings.filterwarnings("ignore", module=r"(ray|optuna)(\..*)?$")
-    logging.getLogger("ray").setLevel(logging.ERROR)
-    from search import tuning  # imports ray and optuna
+        if p.on_loopback:
+            os.environ[LOCAL_RAY] = "0"  # read when ray is first imported, below
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: none of Tune's tables; live.py reports
+        os.environ[TUNE_SIGINT] = "1"  # the driver handles SIGINT itself (search.stopping), read by each tuner.fit
+        warnings.filterwarnings("ignore", module=r"(ray|optuna)(\..*)?$")
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        from search import tuning  # imports ray and optuna
 
-    tuning.optuna.logging.set_verbosity(logging.WARNING)
-
-    try:
-        return tuning.run(p, on_ray_started=lambda: signal.signal(signal.SIGTERM, sigterm_as_sigint))
+        tuning.optuna.logging.set_verbosity(logging.WARNING)
+        return tuning.run(p, stop)
     except RecipeError as e:
         fail(str(e))
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with: {resume_command(args)}", file=sys.stderr)
+        print(f"\ninterrupted; {after_interrupt(args, argv, p)}", file=sys.stderr)
         return INTERRUPTED
     except Exception as e:
-        if not is_disk_full(e):
+        if p is None or not is_disk_full(e):
             raise
         # The study's own files (trials.csv, best.json, report.html, optuna.db) could not be written;
         # each is written whole or not at all, so what was there before is as it was.
         print(f"error: the study stopped: {disk_full_message(e, p)}; free space, then continue with: "
               f"{resume_command(args)}", file=sys.stderr)
         return 1
+
+
+def after_interrupt(args: argparse.Namespace, argv: list[str] | None, p: Plan | None) -> str:
+    """What to run after a stop, from what the study had written by then: a command that works when pasted."""
+    state = "new" if p is None else study_state(p.paths)
+    if state == "new":  # nothing written (a directory the driver made, holding only its lock, goes at exit)
+        again = shlex.join(["python", "-m", "search.run", *(sys.argv[1:] if argv is None else argv)])
+        return f"nothing of the study was written; run the same command again: {again}"
+    if state == "finished":
+        report = ["python", "-m", "search.report", "--study", p.spec.name]
+        if args.results_dir != "results":
+            report += ["--results-dir", args.results_dir]
+        return f"the study had finished; its report is {p.paths.report} (rewrite it with: {shlex.join(report)})"
+    return f"continue with: {resume_command(args)}"
 
 
 def disk_full_message(error: BaseException, p: Plan) -> str:
@@ -346,10 +361,14 @@ def disk_full_message(error: BaseException, p: Plan) -> str:
 
 
 def resume_command(args: argparse.Namespace) -> str:
-    where = "" if args.results_dir == "results" else f" --results-dir {args.results_dir}"
-    storage = f" --storage {args.storage}" if args.storage else ""
-    address = f" --address {args.address}" if args.address else ""
-    return f"python -m search.run --study {args.study}{where}{storage}{address} --resume"
+    """The command that continues the study, as it can be pasted into a shell (paths with spaces quoted)."""
+    words = ["python", "-m", "search.run", "--study", args.study]
+    if args.results_dir != "results":
+        words += ["--results-dir", args.results_dir]
+    for name in ("storage", "address"):
+        if getattr(args, name):
+            words += [f"--{name}", getattr(args, name)]
+    return shlex.join([*words, "--resume"])
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from search.plan import Plan, check_gpus, local_gpus
 from search.results import (final_line, final_summary, load_revalidation, open_study, revalidation_record,
                             top_trials, write_results, write_trials)
 from search.searcher import FailureReasons, StudySearcher, error_of, fail_running, reason_of
+from search.stopping import Stop
 from search.storage import whole_files
 from search.study import SEARCHED, StudySpec
 from search.trainable import DISK_FULL, RUN_DIR, run_recipe
@@ -141,12 +142,14 @@ class FinalRunFailed(RuntimeError):
     """The final run crashed more often than its retries allow (not bad input: exit status 1)."""
 
 
-def start_ray(p: Plan) -> None:
+def start_ray(p: Plan, stop: Stop) -> None:
+    """Start a Ray of the study's own, or join the cluster at --address; a stop meanwhile is raised once Ray is up."""
     # On one machine, loopback only (run.py set Ray's local switch too); a private Ray has no dashboard.
     node_ip = {"_node_ip_address": "127.0.0.1"} if p.on_loopback else {}
     if p.address:
         check_cluster_admits_driver(p.address)
-        ray.init(address=p.address, log_to_driver=False, logging_level="ERROR", **node_ip)
+        with stop.deferred():  # ray.init is not to be stopped halfway (search.stopping)
+            ray.init(address=p.address, log_to_driver=False, logging_level="ERROR", **node_ip)
         try:
             check_cluster_reaches_driver(p.address)
         except RecipeError:
@@ -156,8 +159,9 @@ def start_ray(p: Plan) -> None:
         # address="local": a new Ray of our own, never one that RAY_ADDRESS or `ray start` left around.
         # Tune's trial actors carry a runtime_env (its env_vars), so Ray starts their worker processes afresh: the
         # ones it would prestart for this driver (a Python each that imports Ray) would never be used.
-        ray.init(address="local", num_gpus=local_gpus(), include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR", _system_config={"prestart_worker_first_driver": False}, **node_ip)
+        with stop.deferred():
+            ray.init(address="local", num_gpus=local_gpus(), include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR", _system_config={"prestart_worker_first_driver": False}, **node_ip)
         try:
             check_trials_fit(p.spec, ray.cluster_resources().get("CPU", 0))
         except RecipeError:
@@ -292,6 +296,20 @@ def base_config(config_dict: dict[str, Any], gpus: int) -> dict[str, Any]:
     return {k: v for k, v in config_dict.items() if k not in SEARCHED} | {"device": "cuda" if gpus else "cpu"}
 
 
+def restorable(experiment: str) -> bool:
+    """Whether Tune saved a state of this experiment to resume from.
+
+    A stop in the moment between a Tuner's making (tuner.pkl) and Tune's first save of its state leaves
+    none: no trial of that phase had started, and a resumed study starts the phase afresh. A state set
+    aside as damaged counts as one (newest_saved_state says so).
+    """
+    if not tune.Tuner.can_restore(experiment):
+        return False
+    fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
+    return any(info.base_name.startswith("experiment_state-")
+               for info in fs.get_file_info(pyarrow.fs.FileSelector(root)))
+
+
 def newest_saved_state(experiment: str) -> tuple[pyarrow.fs.FileSystem, str, dict[str, Any]]:
     """(file system, path, contents) of Tune's newest saved experiment state; a session's cut-short state set aside."""
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
@@ -411,7 +429,7 @@ def storage_filesystem(storage: str) -> pyarrow.fs.FileSystem | None:
     return None if "://" in storage else whole_files()
 
 
-def search(p: Plan, gpus: int) -> None:
+def search(p: Plan, gpus: int, stop: Stop) -> None:
     spec, paths = p.spec, p.paths
     experiment = f"{p.storage}/tune"
     trainable = tune.with_resources(
@@ -419,7 +437,7 @@ def search(p: Plan, gpus: int) -> None:
                              threads=spec.trial_threads()),
         resources(spec, gpus),
     )
-    if p.resume and tune.Tuner.can_restore(experiment):
+    if p.resume and restorable(experiment):
         settle_ended_trials(experiment, open_study(paths, spec))
         mark_lost_checkpoints(experiment)
         tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
@@ -443,9 +461,10 @@ def search(p: Plan, gpus: int) -> None:
             run_config=run_config(p, "tune", [FailureReasons(searcher), LiveView(searcher, spec),
                                               DropEndedCheckpoints(errored=True)]),
         )
-    results = tuner.fit()
+    with stop.graceful():
+        results = tuner.fit()
     if results.num_terminated + results.num_errors < spec.trials:
-        raise KeyboardInterrupt  # Tune stopped early on a signal, with its state saved
+        raise KeyboardInterrupt  # Tune stopped early on a signal from elsewhere (SIGUSR1, its own), its state saved
 
 
 def restore_or_new(experiment: str, p: Plan, trainable: Any, errored: bool, new: Callable[[], tune.Tuner]) -> tune.Tuner:
@@ -453,7 +472,7 @@ def restore_or_new(experiment: str, p: Plan, trainable: Any, errored: bool, new:
 
     `errored`: trials that failed for good are tried again (their checkpoints were kept or are marked lost).
     """
-    if p.resume and tune.Tuner.can_restore(experiment):
+    if p.resume and restorable(experiment):
         mark_lost_checkpoints(experiment, errored=errored)
         if errored:
             give_failed_trials_their_retries(experiment)
@@ -535,7 +554,7 @@ def logged_reruns(path: str) -> list[dict[str, Any]]:
         return []
 
 
-def revalidate(p: Plan, gpus: int, study: optuna.Study) -> dict[str, Any] | None:
+def revalidate(p: Plan, gpus: int, study: optuna.Study, stop: Stop) -> dict[str, Any] | None:
     """Train the study's top complete trials again at the horizon with another seed, side by side; record the choice.
 
     Each re-run is a Tune trial of its own (with the search's resources, retries and checkpoints), in
@@ -562,7 +581,7 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study) -> dict[str, Any] | None
           f"{', '.join(str(t.number) for t in top)}) again for {spec.asha.horizon} epochs with seed {seed}; "
           f"the best mean wins")
     experiment, log = f"{p.storage}/revalidate-tune", str(paths.revalidation)
-    if p.resume and tune.Tuner.can_restore(experiment):
+    if p.resume and restorable(experiment):
         # Re-runs that ended with a result are not run again; one that failed is tried again.
         settle_trials(experiment, {r["ray_trial_id"] for r in logged_reruns(log) if r["status"] != "failed"})
     tuner = restore_or_new(experiment, p, trainable, errored=True, new=lambda: tune.Tuner(
@@ -576,9 +595,8 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study) -> dict[str, Any] | None
             RerunLog(log, spec), RevalidationView({t.number: t.value for t in top}, spec.metric, spec.asha.horizon),
             DropEndedCheckpoints(errored=True)]),
     ))
-    results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(top):
-        raise KeyboardInterrupt  # stopped on a signal, its state saved
+    with stop.graceful():  # a stop: KeyboardInterrupt, Tune's state saved
+        results = tuner.fit()
     runs = {r["ray_trial_id"]: r for r in logged_reruns(log)}
     for r in results:  # every one is logged as it ends; Tune's record is the fallback
         trial_id = (r.metrics or {}).get("trial_id")
@@ -590,7 +608,7 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study) -> dict[str, Any] | None
     return record
 
 
-def final_runs(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
+def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str, Any]:
     """The full recipe with the chosen settings, once per seed, side by side (a GPU each), under Tune for its retries.
 
     Each run's directory is final/seed-<s>/; final/summary.json sums them up (results.final_summary).
@@ -616,9 +634,8 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any]) -> dict[str, Any]:
     where = paths.final_run(seeds[0]) if len(seeds) == 1 else f"{paths.final}/seed-{{{','.join(map(str, seeds))}}}"
     print(f"final run{'s' * (len(seeds) > 1)}: {config['epochs']} epochs with {settings(best['params'])}"
           f"{f', seeds {seeds[0]} to {seeds[-1]}, side by side' if len(seeds) > 1 else ''} -> {where}")
-    results = tuner.fit()
-    if results.num_terminated + results.num_errors < len(seeds):
-        raise KeyboardInterrupt  # stopped on a signal, its state saved
+    with stop.graceful():  # a stop: KeyboardInterrupt, Tune's state saved
+        results = tuner.fit()
     errors = [r for r in results if r.error is not None]
 
     def seed_of(result: Any) -> int:  # a final run saved before final runs had seeds ran with the study's
@@ -645,7 +662,7 @@ def saved_seeds(experiment: str, study_seed: int) -> list[int] | None:
 
     A final run saved before final runs had seeds has none in its config: it runs with the study's seed.
     """
-    if not tune.Tuner.can_restore(experiment):
+    if not restorable(experiment):
         return None
     trials = [json.loads(entry[0]) for entry in newest_saved_state(experiment)[2]["trial_data"]]
     return sorted(int(t["config"].get("seed", study_seed)) for t in trials) or None
@@ -689,13 +706,17 @@ def check_no_earlier_experiments(p: Plan) -> None:
                               f"remove {p.storage} to start this study over, or pass another --storage")
 
 
-def run(p: Plan, on_ray_started: Callable[[], None] = lambda: None) -> int:
+def run(p: Plan, stop: Stop) -> int:
+    """The study, from Ray's start to its report; a stop (Ctrl-C, SIGTERM) at any point is a KeyboardInterrupt.
+
+    Ray is shut down however the study ends, also on a second stop meanwhile: stopped halfway, its processes
+    would outlive the driver.
+    """
     spec, paths = p.spec, p.paths
     if not p.resume:
         check_no_earlier_experiments(p)
-    start_ray(p)
-    on_ray_started()  # ray.init installs its own SIGTERM handler, which aborts the driver
     try:
+        start_ray(p, stop)
         gpus = gpus_to_use(spec)
         paths.root.mkdir(parents=True, exist_ok=True)
         if not p.resume:
@@ -704,11 +725,11 @@ def run(p: Plan, on_ray_started: Callable[[], None] = lambda: None) -> int:
         print(f"study {spec.name!r}: {spec.trials} trials, horizon {spec.asha.horizon} epochs, ASHA rungs at "
               f"{spec.rungs()}, {where}, up to {concurrency(spec, gpus)} at a time")
         print(f"results: {paths.root}   live: optuna-dashboard {paths.storage_url}")
-        search(p, gpus)
+        search(p, gpus, stop)
         study = open_study(paths, spec)
         fail_running(study, "the search ended without a result for this trial")
         write_trials(paths, spec, study)  # the search's record; until best.json, a resume continues re-validation
-        revalidation = revalidate(p, gpus, study)
+        revalidation = revalidate(p, gpus, study, stop)
         best = write_results(paths, spec, study, revalidation)
         print(f"trials: {paths.trials_csv}")
         if best is None:
@@ -724,7 +745,7 @@ def run(p: Plan, on_ray_started: Callable[[], None] = lambda: None) -> int:
         if not p.final:
             return 0
         try:
-            summary = final_runs(p, gpus, best)
+            summary = final_runs(p, gpus, best, stop)
         except FinalRunFailed as e:
             print(f"error: {e}; --resume tries again", file=sys.stderr)
             write_report(p)
@@ -733,4 +754,5 @@ def run(p: Plan, on_ray_started: Callable[[], None] = lambda: None) -> int:
         print(final_line(summary))
         return 0 if summary["status"] == "completed" else 1
     finally:
-        ray.shutdown()
+        with stop.deferred():
+            ray.shutdown()

@@ -16,6 +16,7 @@ import os
 import pty
 import re
 import select
+import shlex
 import shutil
 import signal
 import struct
@@ -28,9 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 
 import recipe.train
+import search
 from recipe.cli import flag
 from recipe.train import main as train_main
 from search import report
@@ -506,6 +509,34 @@ def test_ctrl_c_in_the_first_epoch_prints_a_hint_that_works(tmp_path, capsys, mo
     assert [int(row["epoch"]) for row in read_metrics(out)] == [1, 2]
 
 
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_the_resume_hint_of_a_run_in_a_path_with_spaces_works_when_pasted(tmp_path, capsys, monkeypatch, stop):
+    out = tmp_path / "my runs" / "lr 0.2"
+    argv = [*tiny_flags(epochs=2), "--out", str(out)]
+    real_epoch = recipe.train.train_epoch
+    calls = []
+
+    def interrupted_in_epoch_2(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # in epoch 2, after epoch 1's checkpoint
+            if stop == "ctrl-c":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler's stop
+        return real_epoch(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(recipe.train, "train_epoch", interrupted_in_epoch_2)
+        result = call(train_main, argv, capsys)
+    assert result.code == 130
+    (hint,) = result.err.strip().splitlines()
+    command = hint.split("continue with: ", 1)[1]
+    words = shlex.split(command)
+    assert words[:3] == ["python", "-m", "recipe.train"] and words[3:] == ["--out", str(out), "--resume"], hint
+    again = call(train_main, words[3:], capsys)
+    assert again.code == 0, again.err
+    assert [int(row["epoch"]) for row in read_metrics(out)] == [1, 2]
+
+
 # ---- python -m search.run: bad input fails before Ray starts ---------------------------------
 
 def search_cli(work: Path, capsys, *argv: str) -> Result:
@@ -655,6 +686,76 @@ def test_a_resumed_study_keeps_its_settings(work, no_ray, capsys):
         result = call(search_run.main, ["--results-dir", str(work / "results"), "--study", "smoke", "--resume",
                                         *given], capsys)
         assert_usage_error(result, given[0], "keeps the settings it started with")
+
+
+class StoppedTuning:
+    """search.tuning as a stop (Ctrl-C, SIGTERM) leaves it: run() raises KeyboardInterrupt, after writing `files`."""
+
+    def __init__(self, *files: str) -> None:
+        self.files = files
+        self.optuna = optuna
+
+    def run(self, p, stop) -> int:
+        for name in self.files:
+            (p.paths.root / name).write_text(json.dumps(search_study.load("smoke").to_dict()))
+        raise KeyboardInterrupt
+
+
+def stopped(work, capsys, monkeypatch, argv: list[str], *files: str) -> tuple[Result, list[str]]:
+    """A study stopped once it had written `files`: its result, and the command its one-line hint gives."""
+    tuning = StoppedTuning(*files)
+    monkeypatch.setitem(sys.modules, "search.tuning", tuning)
+    monkeypatch.setattr(search, "tuning", tuning, raising=False)  # `from search import tuning` reads it once imported
+    take = search_run.lock.take
+    # The driver's lock as a driver's ends with it: here, released at once (an open one would refuse the hint's plan).
+    monkeypatch.setattr(search_run.lock, "take", lambda root, name: os.close(take(root, name)))
+    for name in (search_run.LOCAL_RAY, "RAY_AIR_NEW_OUTPUT", "TUNE_DISABLE_SIGINT_HANDLER"):
+        monkeypatch.delenv(name, raising=False)  # set by main for Ray and Tune
+    result = call(search_run.main, argv, capsys)
+    assert result.code == 130 and "Traceback" not in result.err, result
+    (hint,) = result.err.strip().splitlines()
+    assert hint.startswith("interrupted; "), hint
+    return result, shlex.split(hint.split(": ", 1)[1])
+
+
+def test_a_study_stopped_before_it_wrote_anything_says_to_run_the_same_command_again(work, capsys, monkeypatch):
+    results = work / "my results"
+    argv = ["--study", "smoke", "--results-dir", str(results), "--cpus-per-trial", "1"]
+    result, command = stopped(work, capsys, monkeypatch, argv)
+    assert "nothing of the study was written" in result.err and "--resume" not in result.err
+    assert command == ["python", "-m", "search.run", *argv]  # quoted: a path with a space is one word again
+    search_run.forget_if_empty(results / "smoke", [results / "smoke", results])  # what atexit does in the driver
+    assert not results.exists()
+
+
+def test_a_study_stopped_once_its_spec_was_written_says_how_to_resume_it_in_a_command_that_pastes(work, capsys,
+                                                                                                  monkeypatch):
+    results, study = work / "my results", work / "my studies" / "smoke.toml"
+    study.parent.mkdir()
+    shutil.copy(STUDIES_DIR / "smoke.toml", study)
+    argv = ["--study", str(study), "--results-dir", str(results), "--storage", str(work / "tune files")]
+    result, command = stopped(work, capsys, monkeypatch, argv, "spec.json")
+    assert command == ["python", "-m", "search.run", *argv, "--resume"]
+    planned = search_run.plan(search_run.parse_args(command[3:]))  # the hint is a command that goes on
+    assert planned.resume and planned.paths.root == results / "smoke"
+
+
+def test_a_study_stopped_as_it_ended_points_to_its_report(work):
+    root = a_study_in(work, "trials.csv", "best.json", "final/summary.json")  # finished, the stop came after
+    args = search_run.parse_args(["--study", "smoke", "--results-dir", str(work / "results")])
+    planned = search_run.Plan(spec=search_study.load("smoke"), paths=search_study.StudyPaths(root), resume=True,
+                              storage=str(work / "results" / "smoke"), address=None, final=True)
+    hint = search_run.after_interrupt(args, None, planned)
+    assert hint.startswith("the study had finished; its report is ") and "--resume" not in hint, hint
+    command = shlex.split(hint.split("rewrite it with: ", 1)[1].removesuffix(")"))
+    assert command == ["python", "-m", "search.report", "--study", "smoke", "--results-dir", str(work / "results")]
+
+
+def test_the_disk_full_hint_is_quoted_too(work):
+    args = search_run.parse_args(["--study", "my study.toml", "--results-dir", "a b", "--address", "127.0.0.1:6379"])
+    assert shlex.split(search_run.resume_command(args)) == [
+        "python", "-m", "search.run", "--study", "my study.toml", "--results-dir", "a b", "--address", "127.0.0.1:6379",
+        "--resume"]
 
 
 def test_relative_data_paths_of_a_study_are_taken_from_where_it_is_run(work, capsys):

@@ -2,6 +2,8 @@
 running study: nothing lost, nothing run twice.
 
 One study (tests/studies/tiny.toml, 5 trials, one at a time) goes through all of them, as a user would meet them:
+0. SIGTERM while Ray starts, before anything of the study is written: exit 130, the same command to run again
+   (which step 1 is), and none of Ray's processes outlive the driver;
 1. SIGTERM (Ctrl-C, a scheduler's stop) while a trial is midway: exit 130 with the --resume command; a
    plain rerun is refused;
 2. `--resume --no-final`: the driver is SIGKILLed (the OOM killer, a lost session) while trials are
@@ -9,13 +11,16 @@ One study (tests/studies/tiny.toml, 5 trials, one at a time) goes through all of
 3. `--resume --no-final`: while it runs, a second driver (with and without --resume) is refused and
    `python -m search.report` works; the search ends, and the driver is SIGKILLed in the re-validation of
    the top trials (--revalidate-top 2) as the first re-run ends, before the second has started;
-4. `--resume`: re-validation goes on with the second re-run, without running the first again; the final run,
-   SIGKILLed in its first epochs;
+4. `--resume`: SIGTERM as the second re-run starts, all of re-validation's runs left running: exit 130 and the
+   --resume command; `--resume`: re-validation goes on with the second re-run, without running the first again;
+   the final run, SIGKILLed in its first epochs; `--resume`: SIGTERM while the final run runs: exit 130 and the
+   --resume command;
 5. `--resume` ends the study.
 """
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -99,6 +104,23 @@ def interrupted(tmp_path_factory):
     db = root / "optuna.db"
     args = ["--study", STUDY, "--results-dir", str(results)]
     k: dict = {"root": root, "db": db}
+    first = args + ["--trials", str(PLANNED), "--revalidate-top", "2", "--no-final", *ONE_AT_A_TIME]
+
+    # 0. SIGTERM as Ray's first processes appear, while ray.init runs: every process the driver's tree held.
+    starting: dict = {"tree": {}}
+
+    def stop_while_ray_starts(proc, out):
+        for p in process_tree(proc.pid)[1:]:
+            starting["tree"].setdefault(p.pid, p)
+        if "sigterm" not in starting and any(name_of(p) in ("gcs_server", "raylet") for p in starting["tree"].values()):
+            proc.send_signal(signal.SIGTERM)
+            starting["sigterm"] = True
+
+    k["ray_start_stopped"] = run_study(first, watch=stop_while_ray_starts, poll=0.1)
+    k["ray_start_sigterm"] = starting.get("sigterm")
+    k["outlived_driver"] = outliving(list(starting["tree"].values()), grace=10)
+    k["left_by_start_stop"] = root.exists()
+    k["first_args"] = first
 
     # 1. SIGTERM once a trial has ended and another is after its first epoch, two from its end (ASHA lets the
     # first trial at a rung go on, so that moment comes): it does not end while Tune stops.
@@ -111,8 +133,7 @@ def interrupted(tmp_path_factory):
             proc.send_signal(signal.SIGTERM)
             k["sigterm"] = True
 
-    k["stopped"] = run_study(args + ["--trials", str(PLANNED), "--revalidate-top", "2", "--no-final", *ONE_AT_A_TIME],
-                             watch=stop_midway, poll=0.1)
+    k["stopped"] = run_study(first, watch=stop_midway, poll=0.1)  # step 0's command again
     k["after_stop"] = read_trials(db, "tiny")
     k["checkpoints_after_stop"] = {t.user_attrs["ray_trial_id"]: checkpoints_of(root, t.user_attrs["ray_trial_id"])
                                    for t in k["after_stop"] if t.intermediate_values}
@@ -196,7 +217,20 @@ def interrupted(tmp_path_factory):
     k["after_search"] = read_trials(db, "tiny")
     k["final_after_search"] = (root / "final").exists()
 
-    # 4. Re-validation goes on, then the final run, killed in its first epochs; 5. resumed to its end.
+    # 4. SIGTERM as the re-run left starts: each run of re-validation has ended or is running.
+    reval_stop: dict = {}
+
+    def stop_in_revalidation(proc, out):
+        if "sigterm" not in reval_stop and "re-validation of trial" in out:
+            proc.send_signal(signal.SIGTERM)
+            reval_stop["sigterm"] = True
+
+    k["reval_stopped"] = run_study(args + ["--resume"], watch=stop_in_revalidation, poll=0.1)
+    k["reval_stop_sigterm"] = reval_stop.get("sigterm")
+    k["reval_after_stop"] = json.loads((root / "revalidation.json").read_text())
+    k["best_after_reval_stop"] = (root / "best.json").exists()
+
+    # Re-validation goes on, then the final run, killed in its first epochs; SIGTERM in the final run; 5. the end.
     final_seen: dict = {}
 
     def kill_in_final(proc, out):
@@ -207,8 +241,80 @@ def interrupted(tmp_path_factory):
         k["final_killed"] = run_study(args + ["--resume"], watch=kill_in_final, poll=0.1)
     finally:
         clean_up(final_seen.get("tree", []))
+    final_stop: dict = {}
+
+    def stop_in_final(proc, out):
+        # Once the final run's trial runs: its worker process has become the trial's actor.
+        if "sigterm" not in final_stop and "final run: " in out and any(
+                "ImplicitFunc" in command_of(p) for p in process_tree(proc.pid)):
+            proc.send_signal(signal.SIGTERM)
+            final_stop["sigterm"] = True
+
+    k["final_stopped"] = run_study(args + ["--resume"], watch=stop_in_final, poll=0.1)
+    k["final_stop_sigterm"] = final_stop.get("sigterm")
     k["ended"] = run_study(args + ["--resume"])
     return k
+
+
+def name_of(p: psutil.Process) -> str:
+    try:
+        return p.name()
+    except psutil.Error:
+        return ""
+
+
+def command_of(p: psutil.Process) -> str:
+    try:
+        return " ".join(p.cmdline())
+    except psutil.Error:
+        return ""
+
+
+def outliving(processes: list, grace: float) -> list[str]:
+    """The processes still running `grace` seconds on (killed then, by their recorded PID): their names."""
+    _, alive = psutil.wait_procs(processes, timeout=grace)
+    names = [command_of(p) or name_of(p) for p in alive]
+    clean_up(alive)
+    return names
+
+
+def assert_stopped_with_one_line(run, says: str) -> list[str]:
+    """Exit status 130, one line on stderr (no traceback) that says `says`; returns the command it gives, as words."""
+    assert run.returncode == 130, (run.returncode, run.stderr[-2000:])
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith("interrupted; ") and says in line, line
+    return shlex.split(line.split(": ", 1)[1])
+
+
+def test_a_study_stopped_while_ray_starts_says_to_run_the_same_command_and_leaves_no_process(interrupted):
+    k = interrupted
+    assert k["ray_start_sigterm"], "Ray's processes were never seen starting"
+    command = assert_stopped_with_one_line(k["ray_start_stopped"], "nothing of the study was written; run the same "
+                                                                  "command again")
+    assert command == ["python", "-m", "search.run", *k["first_args"]]
+    assert not k["left_by_start_stop"]  # nothing there to refuse that command: step 1 ran it as a new study
+    assert k["outlived_driver"] == []
+
+
+def test_a_study_stopped_in_re_validation_says_how_to_resume_it(interrupted):
+    k = interrupted
+    assert k["reval_stop_sigterm"], k["reval_stopped"].stdout[-2000:]
+    assert "Traceback" not in k["reval_stopped"].stderr
+    command = assert_stopped_with_one_line(k["reval_stopped"], "continue with: ")
+    assert command[-1] == "--resume" and command[3:-1] == ["--study", STUDY, "--results-dir", str(k["root"].parent)]
+    # Not chosen yet: the re-run stopped is neither a result nor a failure, and runs again on --resume (the test of
+    # the SIGKILL in re-validation sees it start there).
+    assert "chosen" not in k["reval_after_stop"] and not k["best_after_reval_stop"]
+    assert len(k["reval_after_stop"]["runs"]) == 1
+
+
+def test_a_study_stopped_in_its_final_run_says_how_to_resume_it(interrupted):
+    k = interrupted
+    assert k["final_stop_sigterm"], k["final_stopped"].stdout[-2000:]
+    stopped = k["final_stopped"]
+    command = assert_stopped_with_one_line(stopped, "continue with: ")
+    assert command[-1] == "--resume"
+    assert "final: " not in stopped.stdout, stopped.stdout[-2000:]  # no summing up of a run that had not ended
 
 
 def test_a_study_stopped_by_sigterm_says_how_to_resume_and_keeps_the_checkpoints_of_midway_trials(interrupted):

@@ -70,6 +70,7 @@ def test_revalidate_top_0_runs_no_re_validation_and_best_json_names_the_best_com
     from search import run as search_run
     from search import tuning
     from search.plan import Plan
+    from search.stopping import Stop
 
     spec = search_run.with_overrides(SPEC, search_run.parse_args(["--revalidate-top", "0"]))
     assert spec.selection.revalidate_top == 0
@@ -77,11 +78,21 @@ def test_revalidate_top_0_runs_no_re_validation_and_best_json_names_the_best_com
     plan = Plan(spec=spec, paths=paths, resume=False, storage=str(tmp_path / "results" / spec.name), address=None,
                 final=True)
     study = study_of([0.40, None, 0.52, 0.45])
-    assert tuning.revalidate(plan, 0, study) is None  # nothing trained again (no Tune run: no Ray needed)
+    assert tuning.revalidate(plan, 0, study, Stop()) is None  # nothing trained again (no Tune run: no Ray needed)
     best = results.write_results(paths, spec, study, None)
     assert json.loads(paths.best.read_text()) == best
     assert best["trial_id"] == 2 and best["values"] == [0.52] and not best["revalidated"]
     assert not paths.revalidation.exists()
+
+
+def test_a_re_run_that_ended_before_its_first_epoch_counts_as_failed_and_out_of_the_wall_time():
+    # Tune's record of a run stopped or crashed before its first report: an end (its start-up figures), no time.
+    study = study_of([0.50, 0.45])
+    early = {**rerun(0, None, "failed"), "time_s": None, "epochs": 0}
+    record = results.revalidation_record(study, SPEC, [early, rerun(1, 0.46)])
+    assert record["chosen"] == 1 and record["trials"][0]["missing_runs"] == 1
+    assert record["wall_time_s"] == pytest.approx(10.0)  # the timed run alone
+    assert results.revalidation_record(study, SPEC, [early])["wall_time_s"] is None
 
 
 def test_a_minimised_metric_chooses_the_lowest_mean():
