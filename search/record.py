@@ -14,7 +14,7 @@ from typing import Any
 
 from recipe.checkpoint import write_json
 from recipe.config import RecipeError
-from search.study import StudyPaths, read_object
+from search.study import STUDY_FILE, StudyPaths, read_object
 
 TRIAL_STATES = ("complete", "pruned", "failed", "running", "waiting")  # trials.csv's states (results.STATES)
 
@@ -42,6 +42,13 @@ def read_revalidation(paths: StudyPaths) -> dict[str, Any] | None:
                           f"of it, or remove it and continue the study with --resume, which records re-validation "
                           f"again") from None
     return record
+
+
+def study_file_then(paths: StudyPaths) -> dict[str, Any] | None:
+    """The study file's settings when the study started, as spec.json keeps them (STUDY_FILE); None in
+    a study saved before spec.json kept them. spec.json reads (StudyPaths.load_spec checks it first)."""
+    then = read_object(paths.spec).get(STUDY_FILE)
+    return then if isinstance(then, dict) else None
 
 
 def final_seeds_on_disk(paths: StudyPaths) -> list[int]:
