@@ -244,11 +244,12 @@ def _table(where: str, name: str, data: dict[str, Any], cls: type, exclude: tupl
 
 
 def check_name(where: str, name: str, from_file_name: bool) -> None:
-    """A study's name is a plain file name: letters, digits, '-', '_' and '.', no leading dot, at most NAME_MAX."""
+    """A study's name is a plain file name: letters, digits, '-', '_' and '.', no leading '.' or '-', at most
+    NAME_MAX."""
     if not (len(name) <= NAME_MAX and NAME.fullmatch(name)):
         source = " (the file's name, as the study sets no name)" if from_file_name else ""
         raise SpecError(f"{where}: name{source} must be 1 to {NAME_MAX} of the letters A-Z a-z, digits, '-', '_' "
-                        f"and '.', not starting with '.' (it names the study's results directory); got {name!r}")
+                        f"and '.', not starting with '.' or '-' (it names the study's results directory); got {name!r}")
 
 
 def names_one_directory(name: Any) -> bool:

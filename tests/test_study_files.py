@@ -93,6 +93,7 @@ def test_a_study_name_that_is_not_a_plain_file_name_is_refused_and_nothing_is_wr
     study = study_file(work, f"name = {json.dumps(name)}\n{SMOKE}")
     err = refused_file(work, capsys, study)
     assert f"name must be 1 to {NAME_MAX} of the letters" in err and repr(name) in err
+    assert "not starting with '.' or '-'" in err
 
 
 def test_a_study_named_by_its_file_is_checked_as_well(work, no_ray, capsys):
