@@ -224,9 +224,8 @@ def train(
         check_resumable(state, config, last_path)
     elif last_path.exists():
         raise RunDirError(f"{out}: holds a run already; add --resume to continue it, or choose another --out")
-    splits = load_splits(config)
+    splits = load_splits(config)  # its sizes and schedule checked (check_sizes) before anything is written
     steps = steps_per_epoch(config, len(splits.train))
-    check_schedule(config, config.epochs * steps)
     try:
         out.mkdir(parents=True, exist_ok=True)
         checkpoint.write_text(out / "config.json", config.to_json() + "\n")
@@ -381,6 +380,16 @@ def train(
 
 
 
+def planned_trials(study_dir: Path) -> int | None:
+    """The trials a study's search ends with (its spec.json's), at least as many as its trials.csv lists; None
+    where spec.json does not say."""
+    try:
+        trials = json.loads((study_dir / "spec.json").read_text()).get("trials")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return trials if isinstance(trials, int) else None
+
+
 def config_from_study(results_dir: str | Path, study: str | None, which: str) -> tuple[RecipeConfig, str, Path]:
     """The final run's config of a study: its best trial's ('best') or a given trial's settings.
 
@@ -417,6 +426,9 @@ def config_from_study(results_dir: str | Path, study: str | None, which: str) ->
             raise ValueError("a row is cut short")
         rows = {row["trial_id"]: row for row in listed}
         if which not in rows:
+            planned = planned_trials(study_dir)
+            if planned is not None and len(listed) < planned:  # cut at a line's end: every row left reads
+                raise ValueError(f"{len(listed)} rows, of the {planned} trials a search ends with")
             known = ", ".join(sorted(rows)) or "none"
             raise RecipeError(f"--from-study: no trial {which!r} in {trials_path} (trials: {known})")
         row = rows[which]

@@ -4,9 +4,10 @@ from __future__ import annotations
 import ipaddress
 import os
 from dataclasses import dataclass
+from typing import Any
 
 from recipe.config import RecipeError
-from search.study import StudyPaths, StudySpec
+from search.study import STUDY_FILE, StudyPaths, StudySpec
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,12 @@ class Plan:
     address: str | None
     final: bool
     state: str = "new"  # study_state() when planned; the driver checks it again once it holds the study's lock
+    study_file: dict[str, Any] | None = None  # the study file's own settings, before the command line's changes
+
+    def spec_record(self) -> dict[str, Any]:
+        """What spec.json holds: the study as it runs, and its study file as it was then (STUDY_FILE), which a
+        --resume compares the file with to say what was edited since."""
+        return {**self.spec.to_dict(), STUDY_FILE: self.study_file}
 
     @property
     def on_loopback(self) -> bool:

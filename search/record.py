@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import csv
 import sys
+from pathlib import Path
 from typing import Any
 
 from recipe.checkpoint import write_json
 from recipe.config import RecipeError
-from search.study import StudyPaths, read_object
+from search.study import STUDY_FILE, StudyPaths, read_object
 
 TRIAL_STATES = ("complete", "pruned", "failed", "running", "waiting")  # trials.csv's states (results.STATES)
 
@@ -42,6 +43,22 @@ def read_revalidation(paths: StudyPaths) -> dict[str, Any] | None:
                           f"of it, or remove it and continue the study with --resume, which records re-validation "
                           f"again") from None
     return record
+
+
+def study_file_then(paths: StudyPaths) -> dict[str, Any] | None:
+    """The study file's settings when the study started, as spec.json keeps them (STUDY_FILE); None in
+    a study saved before spec.json kept them. spec.json reads (StudyPaths.load_spec checks it first)."""
+    then = read_object(paths.spec).get(STUDY_FILE)
+    return then if isinstance(then, dict) else None
+
+
+def read_run_record(path: Path, error: type[RecipeError] = RecipeError) -> dict[str, Any]:
+    """A final run's own summary.json or config.json; damaged, an `error` naming it (no other file holds it)."""
+    try:
+        return read_object(path)
+    except ValueError as e:
+        raise error(f"{path}: damaged ({e}); it is the final run's own record, and no other file holds it: put back "
+                    f"a copy of it") from None
 
 
 def final_seeds_on_disk(paths: StudyPaths) -> list[int]:
@@ -86,7 +103,7 @@ def load_final_summary(paths: StudyPaths) -> dict[str, Any] | None:
 def trial_states(paths: StudyPaths) -> list[str]:
     """The state of each trial trials.csv lists (written when the search ends); a damaged one is rebuilt first."""
     try:
-        return read_trial_states(paths)
+        return read_trial_states(paths, planned=paths.load_spec().trials)
     except ValueError as e:
         why = e
     if not paths.optuna_db.is_file():
@@ -103,11 +120,17 @@ def trial_states(paths: StudyPaths) -> list[str]:
                           f"remove {paths.root} to start the study over") from None
     results.write_trials(paths, spec, study, load_revalidation(paths))
     note(f"{paths.trials_csv} was damaged ({why}); rebuilt from {paths.optuna_db}")
-    return read_trial_states(paths)
+    return read_trial_states(paths)  # optuna.db's trials, however many
 
 
-def read_trial_states(paths: StudyPaths) -> list[str]:
-    """trials.csv's states; a ValueError saying why where a row is cut short or the file is not a table of trials."""
+def read_trial_states(paths: StudyPaths, planned: int | None = None) -> list[str]:
+    """trials.csv's states; a ValueError saying why where a row is cut short, rows are missing (fewer than the
+    `planned` trials) or the file is not a table of trials.
+
+    A search writes trials.csv only once all its planned trials have ended (tuning.search stops the study as
+    interrupted before), with a row for each trial optuna.db holds: at least the planned ones. Fewer rows are a
+    file cut short at a line's end.
+    """
     try:
         with open(paths.trials_csv, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -120,4 +143,6 @@ def read_trial_states(paths: StudyPaths) -> list[str]:
     for line, row in enumerate(rows, start=2):
         if None in row or None in row.values() or row["state"] not in TRIAL_STATES:
             raise ValueError(f"line {line} is cut short or not a trial")
+    if planned is not None and len(rows) < planned:
+        raise ValueError(f"{len(rows)} rows, of the {planned} trials a search ends with")
     return [row["state"] for row in rows]

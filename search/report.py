@@ -32,7 +32,7 @@ from recipe.checkpoint import write_text
 from recipe.cli import Parser, fail
 from recipe.config import RecipeError
 from recipe.curves import run_figure
-from search.record import final_seeds_on_disk, load_final_summary, load_revalidation, trial_states
+from search.record import final_seeds_on_disk, load_final_summary, load_revalidation, read_run_record, trial_states
 from search.results import STATES, chosen_trial, trials_frame
 from search.study import SEARCHED, StudyPaths, StudySpec
 
@@ -186,11 +186,11 @@ def load_run(run: Path) -> FinalRun:
     summary_path, metrics_path = run / "summary.json", run / "metrics.csv"
     if not summary_path.is_file() and not metrics_path.is_file():
         return FinalRun(status=None, epochs=None, history=[], summary={})
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    summary = read_run_record(summary_path, ReportError) if summary_path.is_file() else {}
     history = pd.read_csv(metrics_path).to_dict("records") if metrics_path.is_file() else []
     epochs = summary.get("epochs")
     if epochs is None and (run / "config.json").is_file():
-        epochs = json.loads((run / "config.json").read_text()).get("epochs")
+        epochs = read_run_record(run / "config.json", ReportError).get("epochs")
     return FinalRun(status=summary.get("status", "running"), epochs=epochs, history=history, summary=summary)
 
 

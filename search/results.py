@@ -17,7 +17,7 @@ import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
 from recipe.checkpoint import write_json, write_text
-from search.record import load_revalidation  # noqa: F401 (search.tuning reads it from here)
+from search.record import read_run_record
 from search.study import FINISHED, SEARCHED, StudyPaths, StudySpec
 
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
@@ -173,7 +173,7 @@ def final_summary(paths: StudyPaths, seeds: Sequence[int], failed: Collection[in
     runs = []
     for seed in seeds:
         where = paths.final_run(seed) / "summary.json"
-        summary = json.loads(where.read_text()) if where.is_file() else {"status": "not run"}
+        summary = read_run_record(where) if where.is_file() else {"status": "not run"}  # damaged: a RecipeError
         status = "failed" if seed in failed else summary.get("status")
         runs.append({"seed": seed, "dir": paths.final_run(seed).name, "status": status,
                      **{k: summary.get(k) for k in ("final_eval_acc", "best_eval_acc", "best_epoch", "epochs_run",

@@ -127,9 +127,8 @@ def check_runs(spec: StudySpec) -> None:
     not a run that fails with its retries once the search has spent its hours.
     """
     params = spec.seed_params()
-    runs = (("the trials", spec.trial_config(params)),
-            ("the re-validation runs", spec.trial_config(params, seed=spec.revalidation_seed())),
-            ("the final runs", spec.final_config(params)))
+    # The re-validation runs are the trials' config with another seed, which nothing checked here reads.
+    runs = (("the trials", spec.trial_config(params)), ("the final runs", spec.final_config(params)))
     sizes: dict[tuple[str, str], tuple[int, int]] = {}  # each data source loaded once
     for what, config in runs:
         source = (config.data, config.data_dir)
@@ -142,14 +141,14 @@ def check_runs(spec: StudySpec) -> None:
             raise RecipeError(f"{what}: {e}") from None
 
 
-def edited_keys(saved: StudySpec, now: StudySpec) -> list[str]:
-    """The study file's keys whose values differ between two specs (the saved one and the file as it is now)."""
+def edited_keys(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The study file's keys whose values differ between two of its specs (StudySpec.to_dict): then and now."""
     def flat(value: Any, prefix: str) -> dict[str, Any]:
         if isinstance(value, dict):
             return {k: v for key, sub in value.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
         return {prefix.rstrip("."): value}
 
-    a, b = flat(saved.to_dict(), ""), flat(now.to_dict(), "")
+    a, b = flat(then, ""), flat(now, "")
     toml_names = {"metric": "objective.metric", "selection.final_seeds": "final.seeds"}
     return sorted(toml_names.get(k, k) for k in set(a) | set(b) if a.get(k, None) != b.get(k, None))
 
@@ -170,8 +169,10 @@ def plan(args: argparse.Namespace) -> Plan:
             raise RecipeError(f"--{name.replace('_', '-')}: must be >= {low}, got {value}")
     if args.cpus_per_trial is not None and not (math.isfinite(args.cpus_per_trial) and args.cpus_per_trial > 0):
         raise RecipeError(f"--cpus-per-trial: must be > 0, got {args.cpus_per_trial:g}")
-    spec = studies.load(args.study)
+    spec = studies.load(args.study, new=False)  # a study saved before a rule of new studies still resumes
     paths = StudyPaths.of(args.results_dir, spec.name)
+    if not paths.spec.exists():  # a new study: every rule of a study file
+        spec = studies.load(args.study)
     check_writable("--results-dir", args.results_dir, paths.root)
     if args.storage and "://" not in args.storage:
         check_writable("--storage", args.storage, Path(args.storage).resolve() / spec.name)
@@ -195,11 +196,12 @@ def plan(args: argparse.Namespace) -> Plan:
         if changed:
             raise RecipeError(f"--{changed[0].replace('_', '-')}: a resumed study keeps the settings it started with "
                               f"({paths.spec}); resume without it")
-        now, spec = with_overrides(spec, args), paths.load_spec()
+        file_spec, spec = spec, paths.load_spec()
         record.read_revalidation(paths)  # damaged, it is one line now, not a crash once the search is done
-        edited = edited_keys(spec, now)  # the file edited since, or a flag of the command that started the study
+        then = record.study_file_then(paths)  # the study file's own settings at the start, flags apart
+        edited = [] if then is None else edited_keys(then, file_spec.to_dict())  # none saved: nothing to compare
     else:
-        spec, edited = with_overrides(spec, args), []
+        file_spec, spec, edited = spec, with_overrides(spec, args), []
     # Missing or malformed data, or settings the data cannot serve, are one line now, not a crash in every run later.
     check_runs(spec)
     if args.address is None:  # a Ray of the driver's own, given this machine's GPUs (tuning.start_ray)
@@ -211,11 +213,10 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.storage and "://" not in args.storage:
         storage = str(Path(args.storage).resolve())
     if edited:  # said once nothing else stops the study
-        print(f"note: {paths.spec} differs from {studies.resolve_path(args.study)} in {', '.join(edited)}; a resumed "
-              f"study keeps the settings it started with (its study file and flags then): the saved spec.json wins",
-              file=sys.stderr)
+        print(f"note: {studies.resolve_path(args.study)} was edited since the study started, in {', '.join(edited)}; "
+              f"a resumed study keeps the settings it started with: the saved {paths.spec} wins", file=sys.stderr)
     return Plan(spec=spec, paths=paths, resume=resume, storage=f"{storage}/{spec.name}", address=args.address,
-                final=not args.no_final, state=state)
+                final=not args.no_final, state=state, study_file=file_spec.to_dict())
 
 
 def hold_lock(p: Plan) -> None:

@@ -4,7 +4,7 @@ A study file (read with the standard library's tomllib) has these tables; every 
 optional except the search space:
 
     name = "default"              # its results directory, results/<name>/ (default: the file's name without
-                                  # .toml): 1 to 100 of A-Z a-z 0-9 - _ . and not starting with "."
+                                  # .toml): 1 to 100 of A-Z a-z 0-9 - _ . and not starting with "." or "-"
     seed = 0                      # seeds the sampler, and every trial's recipe (0 to 2**32 - 1)
     trials = 40                   # how many trials the search runs
 
@@ -49,7 +49,8 @@ or an extra final run changes only the seed of initialisation, order and augment
 
 load() checks a file whole, each failure a SpecError of one line naming the file and the key: its tables
 and types, its name, its seed, and each range at both ends against RecipeConfig's own validation (a trial
-may sample either end). search.run then checks every kind of run against its data (run.check_runs).
+may sample either end). search.run then checks every kind of run against its data (run.check_runs). The
+name's and the ranges' rules are a new study's: a study saved before them still resumes (load(new=False)).
 """
 from __future__ import annotations
 
@@ -68,8 +69,11 @@ STUDIES_DIR = Path(__file__).resolve().parent.parent / "studies"
 FINISHED = ("completed", "diverged")  # final runs that ended for good; any other status is run again on --resume
 # A study's name is its results directory's name (and its Optuna study's, and Tune's directory's on --storage):
 # a plain file name, so that nothing of the study is written outside --results-dir.
-NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")  # no leading "-": a name is also a command-line argument
 NAME_MAX = 100
+# spec.json's key for the study file's own settings when the study started, before the command line's changes
+# (search.plan.Plan.spec_record); a study saved before has none.
+STUDY_FILE = "study_file"
 # The largest study seed: Optuna's samplers (and the report's fANOVA) seed numpy's RandomState, which takes 32 bits.
 MAX_STUDY_SEED = 2**32 - 1
 
@@ -200,9 +204,11 @@ class StudySpec:
                 selection=Selection(**d.get("selection", SELECTION_BEFORE)),
                 recipe=d["recipe"], trial=d["trial"], final=d["final"],
             )
-        except (KeyError, TypeError, AttributeError) as e:
+            validate(spec, where)  # its rules read the values: a wrong type is a TypeError there, say
+        except SpecError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise SpecError(f"{where}: not a saved study spec ({type(e).__name__}: {e})") from None
-        validate(spec, where)
         return spec
 
 
@@ -238,15 +244,29 @@ def _table(where: str, name: str, data: dict[str, Any], cls: type, exclude: tupl
 
 
 def check_name(where: str, name: str, from_file_name: bool) -> None:
-    """A study's name is a plain file name: letters, digits, '-', '_' and '.', no leading dot, at most NAME_MAX."""
+    """A study's name is a plain file name: letters, digits, '-', '_' and '.', no leading '.' or '-', at most
+    NAME_MAX."""
     if not (len(name) <= NAME_MAX and NAME.fullmatch(name)):
         source = " (the file's name, as the study sets no name)" if from_file_name else ""
         raise SpecError(f"{where}: name{source} must be 1 to {NAME_MAX} of the letters A-Z a-z, digits, '-', '_' "
-                        f"and '.', not starting with '.' (it names the study's results directory); got {name!r}")
+                        f"and '.', not starting with '.' or '-' (it names the study's results directory); got {name!r}")
+
+
+def names_one_directory(name: Any) -> bool:
+    """The rule every study's name keeps, saved before check_name's or not: it names one directory inside
+    --results-dir."""
+    return isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\0" not in name
+
+
+def check_directory_name(where: str, name: Any) -> None:
+    if not names_one_directory(name):
+        raise SpecError(f"{where}: name must name one directory inside the results directory (not empty, '.' or "
+                        f"'..', no '/'); got {name!r}")
 
 
 def validate(spec: StudySpec, where: str) -> None:
     """Every rule a study must keep, each failure one line naming the key."""
+    check_directory_name(where, spec.name)
     if set(spec.space) != set(SEARCHED):
         missing, extra = sorted(set(SEARCHED) - set(spec.space)), sorted(set(spec.space) - set(SEARCHED))
         what = f"missing [space.{missing[0]}]" if missing else f"unknown [space.{extra[0]}]"
@@ -324,7 +344,13 @@ def resolve_path(study: str) -> Path:
     return STUDIES_DIR / f"{study}.toml"
 
 
-def load(study: str) -> StudySpec:
+def load(study: str, new: bool = True) -> StudySpec:
+    """The study file `study` (a name in studies/ or a path), checked whole; a SpecError names what is wrong.
+
+    new=False reads the file of a study that has started (to find its results and see whether the file was edited
+    since): the rules a study saved before them need not keep, its name a plain file name (check_name) and its
+    ranges values the recipe takes (check_ranges), are left out; its saved spec.json is what runs.
+    """
     path = resolve_path(study)
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in STUDIES_DIR.glob("*.toml")))
@@ -371,7 +397,8 @@ def load(study: str) -> StudySpec:
     if "seeds" in final:  # the number of final runs: a key of [final] beside its recipe settings
         selection = dataclasses.replace(selection, final_seeds=_typed(where, "final.seeds", final.pop("seeds"), int, 1))
     name = _typed(where, "name", data.get("name", path.stem), str)
-    check_name(where, name, from_file_name="name" not in data)
+    if new or not names_one_directory(name):  # a name no study may have is told the rule of a new one
+        check_name(where, name, from_file_name="name" not in data)
     spec = StudySpec(
         name=name,
         space=space,
@@ -387,7 +414,8 @@ def load(study: str) -> StudySpec:
         final=final,
     )
     validate(spec, where)
-    check_ranges(spec, where)
+    if new:
+        check_ranges(spec, where)
     return spec
 
 

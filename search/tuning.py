@@ -24,7 +24,8 @@ from recipe.checkpoint import is_disk_full, write_json
 from recipe.config import RecipeError
 from search.live import FinalView, LiveView, RevalidationView, settings
 from search.plan import Plan, check_gpus, local_gpus
-from search.results import (final_line, final_summary, load_revalidation, open_study, revalidation_record,
+from search.record import load_revalidation
+from search.results import (final_line, final_summary, open_study, revalidation_record,
                             top_trials, write_results, write_trials)
 from search.searcher import FailureReasons, StudySearcher, error_of, fail_running, reason_of
 from search.stopping import Stop
@@ -720,7 +721,7 @@ def run(p: Plan, stop: Stop) -> int:
         gpus = gpus_to_use(spec)
         paths.root.mkdir(parents=True, exist_ok=True)
         if not p.resume:
-            write_json(paths.spec, spec.to_dict())
+            write_json(paths.spec, p.spec_record())
         where = f"{gpus} GPU{'s' * (gpus != 1)}, {spec.resources.trials_per_gpu} trials each" if gpus else "CPU only"
         print(f"study {spec.name!r}: {spec.trials} trials, horizon {spec.asha.horizon} epochs, ASHA rungs at "
               f"{spec.rungs()}, {where}, up to {concurrency(spec, gpus)} at a time")

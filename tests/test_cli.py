@@ -633,7 +633,7 @@ def a_study_in(work: Path, *files: str) -> Path:
     """
     root = work / "results" / "smoke"
     root.mkdir(parents=True)
-    (root / "spec.json").write_text(json.dumps(search_study.load("smoke").to_dict()))
+    (root / "spec.json").write_text(json.dumps(search_study.load("smoke").replace(trials=1).to_dict()))  # as trials.csv
     for name in files:
         name, _, none = name.partition(":")
         (root / name).parent.mkdir(parents=True, exist_ok=True)

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
 
+from recipe.config import RecipeError
 from recipe.train import config_from_study
 from recipe.train import main as train_main
 from report_fixture import FINISHED, make_study
 from search import report
 from search import results as study_results
 from search import run as search_run
+from search.record import load_revalidation
 from search.study import StudyPaths
 
 
@@ -157,7 +160,7 @@ def test_a_cut_short_trials_csv_is_rebuilt_from_optuna_db(work, finished_study, 
     paths = finished_study
     paths.best.unlink()  # re-validation had not chosen: the study's state is read from trials.csv
     study = study_results.open_study(paths, paths.load_spec())
-    expected = study_results.trials_frame(study, paths.load_spec(), study_results.load_revalidation(paths))
+    expected = study_results.trials_frame(study, paths.load_spec(), load_revalidation(paths))
     cut_short(paths.trials_csv)
     code, _, err = search(work, capsys)
     note, error = err.splitlines()
@@ -181,7 +184,51 @@ def test_a_cut_short_trials_csv_is_one_line_for_recipe_train_and_rebuilt_by_the_
     assert code == 0 and err.startswith(f"note: {paths.trials_csv} was damaged"), err
     study = study_results.open_study(paths, paths.load_spec())
     assert paths.trials_csv.read_text() == study_results.trials_frame(study, paths.load_spec(),
-                                                                      study_results.load_revalidation(paths)).to_csv(
+                                                                      load_revalidation(paths)).to_csv(
         index=False) != whole  # rebuilt as the driver writes it (the fixture's own lacks the re-validation columns)
     config, taken, _ = config_from_study(results, "smoke", "7")
     assert config.lr == study.trials[7].params["lr"] and "trial 7 (complete" in taken
+
+
+def test_a_trials_csv_cut_at_a_line_end_is_rebuilt_from_optuna_db(work, finished_study, no_ray, capsys):
+    paths = finished_study
+    paths.best.unlink()  # re-validation had not chosen: the study's state is read from trials.csv
+    lines = paths.trials_csv.read_text().splitlines(keepends=True)
+    paths.trials_csv.write_text("".join(lines[:3]))  # the header and two whole rows: every row reads
+    code, _, err = search(work, capsys)
+    note, error = err.splitlines()
+    assert note == (f"note: {paths.trials_csv} was damaged (2 rows, of the {len(FINISHED)} trials a search ends "
+                    f"with); rebuilt from {paths.optuna_db}"), note
+    assert code == 2 and "was interrupted; add --resume to continue it" in error, error
+    assert len(paths.trials_csv.read_text().splitlines()) == 1 + len(FINISHED)
+
+
+# ---- a final run's own files: nothing else holds them --------------------------------------------------
+
+def test_a_report_of_a_study_with_a_cut_short_final_run_summary_is_one_line(work, finished_study, capsys):
+    paths = finished_study
+    run_summary = paths.final_run(1) / "summary.json"
+    cut_short(run_summary)
+    before = tree(work)
+    code, out, err = report_of(work, capsys)
+    assert_one_line(code, err, f"{run_summary}: damaged (not valid JSON: ", "put back a copy of it")
+    assert out == "" and tree(work) == before
+
+
+def test_summing_up_final_runs_one_of_which_has_a_cut_short_summary_is_one_error_naming_it(finished_study):
+    run_summary = finished_study.final_run(1) / "summary.json"
+    cut_short(run_summary)
+    with pytest.raises(RecipeError, match=rf"^{re.escape(str(run_summary))}: damaged \(not valid JSON: "):
+        study_results.final_summary(finished_study, [0, 1])  # as the driver does once the final runs have ended
+
+
+def test_a_trials_csv_cut_at_a_line_end_is_one_line_for_recipe_train_naming_the_report_that_rebuilds_it(
+        work, finished_study, capsys):
+    paths = finished_study
+    lines = paths.trials_csv.read_text().splitlines(keepends=True)
+    paths.trials_csv.write_text("".join(lines[:3]))  # trials 0 and 1 whole; trial 7 gone
+    code, out, err = call(train_main, ["--from-study", "7", "--study", "smoke", "--results-dir",
+                                       str(work / "results")], capsys)
+    assert_one_line(code, err, f"{paths.trials_csv}: damaged (ValueError: 2 rows, of the {len(FINISHED)} trials a "
+                    "search ends with); python -m search.report --study smoke")
+    assert out == "" and not list(paths.root.glob("7-*"))

@@ -2,8 +2,9 @@
 
 Its name stays inside --results-dir, its ranges are values the recipe takes, its seed fits every library
 that takes it, its tables are whole, and every kind of run it starts (trial, re-run, final run) fits its
-data; on --resume the saved spec.json wins over an edited file, and says so. Everything here runs in the
-tests' own process, before Ray would start (no_ray makes reaching it an error).
+data; on --resume the saved spec.json wins over an edited file, and says which of the file's keys were edited; a
+study saved before a rule of new study files still resumes, and a saved spec.json of the wrong types is one line.
+Everything here runs in the tests' own process, before Ray would start (no_ray makes reaching it an error).
 """
 from __future__ import annotations
 
@@ -86,11 +87,13 @@ def refused_file(work: Path, capsys, study: Path) -> str:
 
 # ---- the results directory is a boundary ---------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["../../x", "", ".hidden", "a/b", "two words", "x" * (NAME_MAX + 1), "..", "é"])
+@pytest.mark.parametrize("name", ["../../x", "", ".hidden", "a/b", "two words", "x" * (NAME_MAX + 1), "..", "é",
+                                  "-x"])
 def test_a_study_name_that_is_not_a_plain_file_name_is_refused_and_nothing_is_written(work, no_ray, capsys, name):
     study = study_file(work, f"name = {json.dumps(name)}\n{SMOKE}")
     err = refused_file(work, capsys, study)
     assert f"name must be 1 to {NAME_MAX} of the letters" in err and repr(name) in err
+    assert "not starting with '.' or '-'" in err
 
 
 def test_a_study_named_by_its_file_is_checked_as_well(work, no_ray, capsys):
@@ -193,47 +196,133 @@ def test_a_schedule_that_torch_cannot_build_is_refused_before_ray(work, no_ray, 
 
 
 def saved_study(work: Path, argv: list[str]) -> Path:
-    """results/<study>/ as an interrupted study leaves it: spec.json as search.run saved it from argv."""
-    args = search_run.parse_args(argv)
-    spec = search_run.with_overrides(studies.load(args.study), args)
-    root = work / "results" / spec.name
-    root.mkdir(parents=True)
-    (root / "spec.json").write_text(json.dumps(spec.to_dict()))
-    return root
+    """results/<study>/ as an interrupted study leaves it: spec.json as the driver writes it (tuning.run) from argv."""
+    planned = search_run.plan(search_run.parse_args([*argv, "--results-dir", str(work / "results")]))
+    planned.paths.root.mkdir(parents=True)
+    planned.paths.spec.write_text(json.dumps(planned.spec_record()))
+    return planned.paths.root
 
 
 def test_a_resumed_study_whose_final_runs_do_not_fit_its_data_is_refused_before_ray(work, no_ray, capsys):
-    study = study_file(work, edited('data = "synthetic"', f'data = "{small_npz(work / "small.npz")}"'))
-    saved_study(work, ["--study", str(study), "--final-seeds", "2"])  # a note's worth, which the error leaves unsaid
+    study = study_file(work, SMOKE)
+    root = saved_study(work, ["--study", str(study)])
+    saved = json.loads((root / "spec.json").read_text())
+    saved["recipe"]["data"] = str(small_npz(work / "small.npz"))  # it started on data its final runs do not fit
+    (root / "spec.json").write_text(json.dumps(saved))
+    study.write_text(edited("trials = 8", "trials = 9"))  # a note's worth, which the error leaves unsaid
     err = search_refuses(work, capsys, study, "--resume")
     assert "the final runs: eval_subset (128) exceeds the 100 test images" in err
 
 
 # ---- --resume after the study file was edited ---------------------------------------------------------
 
-def test_resuming_after_the_study_file_was_edited_says_which_keys_differ_and_keeps_the_saved_spec(work, no_ray,
-                                                                                                    capsys):
+def resume_plan(work: Path, study: Path | str):
+    return search_run.plan(search_run.parse_args(["--study", str(study), "--results-dir", str(work / "results"),
+                                                  "--resume"]))
+
+
+def test_spec_json_keeps_the_study_file_as_it_was_beside_the_settings_the_flags_changed(work, no_ray):
+    planned = search_run.plan(search_run.parse_args(["--study", "smoke", "--results-dir", str(work / "results"),
+                                                     "--trials", "3", "--final-seeds", "2"]))
+    record = json.loads(json.dumps(planned.spec_record()))  # as spec.json holds it
+    assert studies.StudySpec.from_dict(record) == planned.spec and planned.spec.trials == 3
+    assert record[studies.STUDY_FILE] == studies.load("smoke").to_dict()  # 8 trials, no [final] seeds
+
+
+def test_resuming_a_study_started_with_flags_says_nothing_of_them(work, no_ray, capsys):
     study = study_file(work, SMOKE, name="smoke.toml")
-    argv = ["--study", str(study), "--results-dir", str(work / "results"), "--resume"]
+    saved_study(work, ["--study", str(study), "--trials", "3", "--final-seeds", "2", "--revalidate-top", "1"])
+    planned = resume_plan(work, study)
+    assert planned.spec.trials == 3 and capsys.readouterr() == ("", "")
+
+
+def test_resuming_after_the_study_file_was_edited_names_the_edited_keys_and_keeps_the_saved_spec(work, no_ray, capsys):
+    study = study_file(work, SMOKE, name="smoke.toml")
     saved_study(work, ["--study", str(study), "--final-seeds", "2"])
-    plan = search_run.plan(search_run.parse_args(argv))
-    assert capsys.readouterr().err == (f"note: {plan.paths.spec} differs from {study} in final.seeds; a resumed study "
-                                       f"keeps the settings it started with (its study file and flags then): the saved "
-                                       f"spec.json wins\n")  # a flag of the command that started it
     study.write_text(edited("trials = 8", "trials = 9").replace("horizon = 4", "horizon = 6")
                      .replace("eval_subset = 128", "eval_subset = 64"))
-    again = search_run.plan(search_run.parse_args(argv))
-    err = capsys.readouterr().err
-    assert err == (f"note: {plan.paths.spec} differs from {study} in asha.horizon, final.eval_subset, final.seeds, "
-                   f"trials; a resumed study keeps the settings it started with (its study file and flags then): the "
-                   f"saved spec.json wins\n")
-    assert again.spec == plan.spec and again.spec.trials == 8 and again.spec.asha.horizon == 4
-    assert again.spec.final_seeds(0) == [0, 1]
+    planned = resume_plan(work, study)
+    assert capsys.readouterr().err == (f"note: {study} was edited since the study started, in asha.horizon, "
+                                       f"final.eval_subset, trials; a resumed study keeps the settings it started "
+                                       f"with: the saved {planned.paths.spec} wins\n")  # not final.seeds, a flag
+    assert planned.spec.trials == 8 and planned.spec.asha.horizon == 4 and planned.spec.final_seeds(0) == [0, 1]
 
 
 def test_resuming_with_the_study_file_as_it_started_says_nothing(work, no_ray, capsys):
     study = study_file(work, SMOKE, name="smoke.toml")
     saved_study(work, ["--study", str(study)])
-    planned = search_run.plan(search_run.parse_args(["--study", str(study), "--results-dir", str(work / "results"),
-                                                     "--resume"]))
-    assert planned.resume and capsys.readouterr() == ("", "")
+    assert resume_plan(work, study).resume and capsys.readouterr() == ("", "")
+
+
+def test_resuming_a_study_saved_before_spec_json_kept_its_study_file_says_nothing_of_edits(work, no_ray, capsys):
+    study = study_file(work, SMOKE, name="smoke.toml")
+    root = saved_study(work, ["--study", str(study)])
+    saved = json.loads((root / "spec.json").read_text())
+    del saved[studies.STUDY_FILE]
+    (root / "spec.json").write_text(json.dumps(saved))
+    study.write_text(edited("trials = 8", "trials = 9"))  # nothing saved to compare it with
+    assert resume_plan(work, study).spec.trials == 8 and capsys.readouterr() == ("", "")
+
+
+# ---- a study saved before a rule of new study files still resumes -------------------------------------
+
+def saved_as_before(work: Path, study: Path, **changes) -> None:
+    """results/<study>/spec.json as a driver saved it before the name's and the ranges' rules (none checked)."""
+    saved = {**studies.load("smoke").to_dict(), "name": study.stem}
+    for key, value in changes.items():
+        table, _, name = key.partition("__")
+        saved["space"][table][name] = value
+    (work / "results" / study.stem).mkdir(parents=True)
+    (work / "results" / study.stem / "spec.json").write_text(json.dumps(saved))
+
+
+def test_a_study_whose_file_name_is_not_a_plain_name_still_resumes(work, no_ray, capsys):
+    study = study_file(work, SMOKE, name="my study.toml")
+    saved_as_before(work, study)
+    assert resume_plan(work, study).spec.name == "my study"
+    assert "name (the file's name" in refused_file(work, capsys, study_file(work, SMOKE, name="a new one.toml"))
+
+
+def test_a_study_whose_range_ends_where_the_recipe_cannot_train_still_resumes(work, no_ray):
+    study = study_file(work, edited("low = 0.0\nhigh = 0.5", "low = 0.0\nhigh = 1.0"), name="old.toml")
+    saved_as_before(work, study, dropout__high=1.0)
+    assert resume_plan(work, study).spec.space["dropout"].high == 1.0
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", ""])
+def test_a_resumed_study_name_must_still_name_a_directory_inside_the_results(work, no_ray, capsys, name):
+    study = study_file(work, f"name = {json.dumps(name)}\n{SMOKE}")
+    err = search_refuses(work, capsys, study, "--resume")
+    assert f"name must be 1 to {NAME_MAX} of the letters" in err and repr(name) in err
+
+
+# ---- a saved spec.json of the wrong types --------------------------------------------------------------
+
+MUTATIONS = {
+    "trials a string": lambda d: d.update(trials="8"),
+    "seed null": lambda d: d.update(seed=None),
+    "horizon null": lambda d: d["asha"].update(horizon=None),
+    "recipe a list": lambda d: d.update(recipe=[1]),
+    "a range end a string": lambda d: d["space"]["lr"].update(low="0.1"),
+    "cpus a string": lambda d: d["resources"].update(cpus_per_trial="2"),
+    "name a number": lambda d: d.update(name=5),
+    "name a path": lambda d: d.update(name="../x"),
+}
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS)
+def test_a_saved_spec_of_wrong_types_is_a_spec_error(mutation):
+    saved = studies.load("smoke").to_dict()
+    MUTATIONS[mutation](saved)
+    with pytest.raises(studies.SpecError, match="^spec.json: "):
+        studies.StudySpec.from_dict(saved, "spec.json")
+
+
+def test_resuming_with_a_spec_json_of_wrong_types_is_one_line(work, no_ray, capsys):
+    study = study_file(work, SMOKE, name="smoke.toml")
+    root = saved_study(work, ["--study", str(study)])
+    saved = json.loads((root / "spec.json").read_text())
+    saved["trials"] = "8"
+    (root / "spec.json").write_text(json.dumps(saved))
+    err = search_refuses(work, capsys, study, "--resume")
+    assert err.startswith(f"error: {root / 'spec.json'}: not a saved study spec (TypeError: "), err
