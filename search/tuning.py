@@ -75,6 +75,26 @@ def drop_checkpoint(trial: Any) -> None:
         pass
 
 
+def drop_every_checkpoint(result: Any) -> None:
+    """Deletes every checkpoint left in an ended trial's directory, not only the one Tune names as its latest.
+
+    A final run stopped (SIGTERM), resumed and ended has once left an older checkpoint beside the one Tune
+    named (in the fault tests): Tune's record of a trial's checkpoints across a stop and a restore is not one
+    to rely on for freeing the disk, and nothing of a trial that ended well is ever resumed.
+    """
+    fs, path = result.filesystem, result.path
+    try:
+        found = fs.get_file_info(pyarrow.fs.FileSelector(path))
+    except OSError:  # the trial's directory is gone: nothing to free
+        return
+    for info in found:
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
+            try:
+                fs.delete_dir(info.path)
+            except OSError:
+                pass
+
+
 class StudyASHA(ASHAScheduler):
     """ASHA that judges a trial once at each rung, across a study's interruptions.
 
@@ -154,7 +174,8 @@ def start_ray(p: Plan, stop: Stop) -> None:
         try:
             check_cluster_reaches_driver(p.address)
         except RecipeError:
-            ray.shutdown()
+            with quiet_stderr():  # ... which it may do until it shuts down: the error stays one line
+                ray.shutdown()
             raise
     else:
         # address="local": a new Ray of our own, never one that RAY_ADDRESS or `ray start` left around.
@@ -267,7 +288,8 @@ def check_cluster_reaches_driver(address: str) -> None:
     except GetTimeoutError:
         pass  # a busy cluster, not a refusal: Tune waits for it as it would
     finally:
-        ray.kill(probe)
+        with quiet_stderr():  # Ray's core worker logs the cancelled creation of an actor that never ran
+            ray.kill(probe)
 
 
 def gpus_to_use(spec: StudySpec) -> int:
@@ -649,6 +671,9 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str
                 if target.exists():
                     shutil.rmtree(target)
                 pyarrow.fs.copy_files(f"{r.path}/{RUN_DIR}", str(target), source_filesystem=r.filesystem)
+    for r in results:
+        if r.error is None:  # ended for good: nothing of it will be resumed (a failed one keeps its checkpoint)
+            drop_every_checkpoint(r)
     summary = final_summary(paths, seeds, failed={seed_of(r) for r in errors})
     write_json(paths.final / "summary.json", summary)
     if errors:
