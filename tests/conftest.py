@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import io
 import ipaddress
 import os
 import pickle
@@ -303,6 +304,16 @@ def smoke_study(tmp_path_factory):
     run.report_midway = state.get("report")
     run.report_while_running = kept
     return run
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    """An empty working directory (so a default path lands in tmp_path, never in the repo); stdin not a terminal."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    return tmp_path
 
 
 @pytest.fixture

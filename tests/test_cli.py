@@ -103,16 +103,6 @@ def read_metrics(run_dir: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture
-def work(tmp_path, monkeypatch):
-    """An empty working directory (so a default path lands in tmp_path, never in the repo); stdin not a terminal."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    return tmp_path
-
-
 # ---- python -m recipe.train: bad input --------------------------------------------------------
 
 @pytest.mark.parametrize("argv, fragments", [

@@ -7,11 +7,9 @@ the tests' own process; search.run never reaches Ray here (no_ray).
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,15 +23,6 @@ from search import results as study_results
 from search import run as search_run
 from search.record import load_revalidation
 from search.study import StudyPaths
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    return tmp_path
 
 
 @pytest.fixture(scope="module")
@@ -97,22 +86,17 @@ def test_resuming_with_a_cut_short_spec_json_is_one_line_saying_what_to_do(work,
     assert out == "" and tree(work) == before
 
 
-def test_a_report_of_a_study_with_a_cut_short_spec_json_is_one_line(work, finished_study, capsys):
-    paths = finished_study
-    cut_short(paths.spec)
+@pytest.mark.parametrize("damaged, then", [
+    ("spec.json", "put back a copy of it"),
+    ("revalidation.json", "put back a copy of it, or remove it and continue the study with --resume"),
+    ("final/seed-1/summary.json", "put back a copy of it"),
+], ids=["spec", "revalidation", "final-run-summary"])
+def test_a_report_of_a_study_with_a_cut_short_record_file_is_one_line(work, finished_study, capsys, damaged, then):
+    path = finished_study.root / damaged
+    cut_short(path)
     before = tree(work)
     code, out, err = report_of(work, capsys)
-    assert_one_line(code, err, f"{paths.spec}: damaged (not valid JSON: ", "put back a copy of it")
-    assert out == "" and tree(work) == before
-
-
-def test_a_report_of_a_study_with_a_cut_short_revalidation_json_is_one_line(work, finished_study, capsys):
-    paths = finished_study
-    cut_short(paths.revalidation)
-    before = tree(work)
-    code, out, err = report_of(work, capsys)
-    assert_one_line(code, err, f"{paths.revalidation}: damaged (not valid JSON: ", "put back a copy of it, or "
-                    "remove it and continue the study with --resume")
+    assert_one_line(code, err, f"{path}: damaged (not valid JSON: ", then)
     assert out == "" and tree(work) == before  # no report.html
 
 
@@ -204,16 +188,6 @@ def test_a_trials_csv_cut_at_a_line_end_is_rebuilt_from_optuna_db(work, finished
 
 
 # ---- a final run's own files: nothing else holds them --------------------------------------------------
-
-def test_a_report_of_a_study_with_a_cut_short_final_run_summary_is_one_line(work, finished_study, capsys):
-    paths = finished_study
-    run_summary = paths.final_run(1) / "summary.json"
-    cut_short(run_summary)
-    before = tree(work)
-    code, out, err = report_of(work, capsys)
-    assert_one_line(code, err, f"{run_summary}: damaged (not valid JSON: ", "put back a copy of it")
-    assert out == "" and tree(work) == before
-
 
 def test_summing_up_final_runs_one_of_which_has_a_cut_short_summary_is_one_error_naming_it(finished_study):
     run_summary = finished_study.final_run(1) / "summary.json"

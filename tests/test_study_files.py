@@ -8,9 +8,7 @@ Everything here runs in the tests' own process, before Ray would start (no_ray m
 """
 from __future__ import annotations
 
-import io
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +21,6 @@ from search import study as studies
 from search.study import MAX_STUDY_SEED, NAME_MAX
 
 SMOKE = (studies.STUDIES_DIR / "smoke.toml").read_text()
-
-
-@pytest.fixture
-def work(tmp_path, monkeypatch):
-    """An empty working directory, stdin not a terminal."""
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    return tmp_path
 
 
 def tree(root: Path) -> dict[str, object]:
