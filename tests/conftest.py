@@ -306,6 +306,16 @@ def smoke_study(tmp_path_factory):
     return run
 
 
+def call_main(main, argv: list[str], capsys) -> tuple[int, str, str]:
+    """A CLI's main(argv) in this process: its exit status (returned or by SystemExit), stdout and stderr."""
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.fixture
 def work(tmp_path, monkeypatch):
     """An empty working directory (so a default path lands in tmp_path, never in the repo); stdin not a terminal."""

@@ -17,6 +17,7 @@ import pytest
 from recipe.config import RecipeError
 from recipe.train import config_from_study
 from recipe.train import main as train_main
+from conftest import call_main
 from report_fixture import FINISHED, make_study
 from search import report
 from search import results as study_results
@@ -50,21 +51,12 @@ def tree(root: Path) -> dict[str, bytes | str]:
     return {str(p.relative_to(root)): "dir" if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
 
 
-def call(main, argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def search(work: Path, capsys, *argv: str) -> tuple[int, str, str]:
-    return call(search_run.main, ["--study", "smoke", "--results-dir", str(work / "results"), *argv], capsys)
+    return call_main(search_run.main, ["--study", "smoke", "--results-dir", str(work / "results"), *argv], capsys)
 
 
 def report_of(work: Path, capsys) -> tuple[int, str, str]:
-    return call(report.main, ["--study", "smoke", "--results-dir", str(work / "results")], capsys)
+    return call_main(report.main, ["--study", "smoke", "--results-dir", str(work / "results")], capsys)
 
 
 def assert_one_line(code: int, err: str, *fragments: str) -> None:
@@ -160,7 +152,7 @@ def test_a_cut_short_trials_csv_is_one_line_for_recipe_train_and_rebuilt_by_the_
     whole = paths.trials_csv.read_text()
     cut_short(paths.trials_csv)
     results = work / "results"
-    code, out, err = call(train_main, ["--from-study", "7", "--study", "smoke", "--results-dir", str(results)], capsys)
+    code, out, err = call_main(train_main, ["--from-study", "7", "--study", "smoke", "--results-dir", str(results)], capsys)
     assert_one_line(code, err, f"{paths.trials_csv}: damaged (", f"python -m search.report --study smoke --results-dir "
                     f"{results} rebuilds it from the study's optuna.db")
     assert out == "" and not list(paths.root.glob("7-*"))  # no run directory
@@ -201,7 +193,7 @@ def test_a_trials_csv_cut_at_a_line_end_is_one_line_for_recipe_train_naming_the_
     paths = finished_study
     lines = paths.trials_csv.read_text().splitlines(keepends=True)
     paths.trials_csv.write_text("".join(lines[:3]))  # trials 0 and 1 whole; trial 7 gone
-    code, out, err = call(train_main, ["--from-study", "7", "--study", "smoke", "--results-dir",
+    code, out, err = call_main(train_main, ["--from-study", "7", "--study", "smoke", "--results-dir",
                                        str(work / "results")], capsys)
     assert_one_line(code, err, f"{paths.trials_csv}: damaged (ValueError: 2 rows, of the {len(FINISHED)} trials a "
                     "search ends with); python -m search.report --study smoke")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import call_main
 from recipe.config import MAX_SEED, ConfigError, RecipeConfig
 from recipe.train import main as train_main
 from search import run as search_run
@@ -39,15 +40,6 @@ def study_file(work: Path, text: str | bytes, name: str = "mine.toml") -> Path:
     return path
 
 
-def run_main(main, argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main(argv)
-    except SystemExit as e:
-        code = e.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def assert_one_line(code: int, out: str, err: str, *fragments: str) -> None:
     assert code == 2, (code, err)
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
@@ -59,7 +51,7 @@ def assert_one_line(code: int, out: str, err: str, *fragments: str) -> None:
 def search_refuses(work: Path, capsys, study: Path | str, *argv: str) -> str:
     """search.run's one-line refusal of the study, with nothing written anywhere under work (results included)."""
     before = tree(work)
-    code, out, err = run_main(search_run.main, ["--study", str(study), "--results-dir", str(work / "results"), *argv],
+    code, out, err = call_main(search_run.main, ["--study", str(study), "--results-dir", str(work / "results"), *argv],
                               capsys)
     assert_one_line(code, out, err)
     assert tree(work) == before
@@ -154,7 +146,7 @@ def test_a_recipe_seed_is_at_most_what_torch_and_numpy_take():
 
 def test_recipe_train_with_a_seed_out_of_range_is_one_line_and_writes_nothing(work, capsys):
     before = tree(work)
-    code, out, err = run_main(train_main, ["--seed", "99999999999999999999999", "--data", "synthetic",
+    code, out, err = call_main(train_main, ["--seed", "99999999999999999999999", "--data", "synthetic",
                                            "--out", str(work / "run")], capsys)
     assert_one_line(code, out, err, "seed: must be in [0, 9223372036854775807], got 99999999999999999999999")
     assert tree(work) == before
