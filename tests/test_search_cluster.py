@@ -1,12 +1,14 @@
 """Studies that join a running Ray cluster: a cluster that refuses the driver's authentication; a study on
 a cluster of three nodes (Tune's files on --storage) that loses a worker node mid-trial. The lost node
 takes the trial's worker process with it: the same fault as a worker killed on one machine (the OOM
-killer, say), which Tune meets the same way, so that one has no study of its own."""
+killer, say), which Tune meets the same way, so that one has no study of its own. And a study's own Ray given
+logical GPUs, to see how many trials share a GPU and run at once."""
 import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 from conftest import REPO, read_trials, run_study
@@ -158,3 +160,75 @@ def test_a_study_on_a_cluster_that_loses_a_node_mid_trial_goes_on_and_collects_i
     assert (final / "curves.html").exists() and (final / "checkpoints" / "best.pt").exists()
     best = json.loads((results / "tiny" / "best.json").read_text())
     assert json.loads((final / "config.json").read_text()) == best["final_config"] | {"device": "cpu"}
+
+
+# A study's driver on a machine that shows two GPUs: its own Ray is given two logical ones (Ray's scheduler
+# places fractions of them as it would real ones) and each trial logs where Ray placed it. The trial trains
+# nothing: it waits until four trials have started (or 60 s, when fewer can run at once), then reports its
+# epochs, all equal so that ASHA stops none.
+LOGICAL_GPUS = """
+import json, os, sys, time
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only, as search.run sets it
+import search.plan, search.trainable
+
+LOG = os.environ["TRIAL_LOG"]
+
+
+def write(event, **fields):
+    with open(LOG, "a") as f:
+        f.write(json.dumps({"event": event, "t": time.time(), **fields}) + "\\n")
+
+
+def started():
+    with open(LOG) as f:
+        return sum(json.loads(line)["event"] == "start" for line in f)
+
+
+def trial(params, *, base, threads):
+    import ray
+    from ray import tune
+
+    write("start", gpus=[str(g) for g in ray.get_gpu_ids()], device=base["device"], pid=os.getpid())
+    deadline = time.time() + 60
+    while started() < 4 and time.time() < deadline:
+        time.sleep(0.05)
+    for epoch in (1, 2, 3):
+        if epoch == 3:
+            write("end", pid=os.getpid())  # before the last report: Tune may stop the trial there
+        tune.report({"epoch": epoch, "eval_acc": 0.5})
+
+
+search.plan.local_gpus = lambda: 2  # before search.run and search.tuning import it
+search.trainable.run_recipe = trial
+from search.run import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_trials_per_gpu_puts_that_many_trials_on_each_gpu_and_runs_gpus_times_that_many_at_once(tmp_path):
+    log = tmp_path / "trials.jsonl"
+    log.touch()
+    run = subprocess.run([sys.executable, "-c", LOGICAL_GPUS, "--study", TINY, "--results-dir", str(tmp_path / "r"),
+                          "--trials", "5", "--gpus", "2", "--trials-per-gpu", "2", "--cpus-per-trial", "0.5",
+                          "--no-final"], cwd=REPO, capture_output=True, text=True, timeout=300,
+                         env=os.environ | {"TRIAL_LOG": str(log)}, stdin=subprocess.DEVNULL)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "2 GPUs, 2 trials each, up to 4 at a time" in run.stdout.splitlines()[0]
+    events = sorted((json.loads(line) for line in log.read_text().splitlines()), key=lambda e: e["t"])
+    starts = [e for e in events if e["event"] == "start"]
+    assert len(starts) == 5 and len([e for e in events if e["event"] == "end"]) == 5
+    # Each trial on one GPU, as a GPU run (device "cuda"), a trial's share of a GPU being half of one.
+    assert all(len(e["gpus"]) == 1 and e["device"] == "cuda" for e in starts), starts
+    # At most four at once, two on each GPU; four did run at once (the first four waited for each other).
+    running: dict[int, str] = {}
+    most = 0
+    for e in events:
+        if e["event"] == "start":
+            running[e["pid"]] = e["gpus"][0]
+            assert max(Counter(running.values()).values()) <= 2, running
+            most = max(most, len(running))
+        else:
+            del running[e["pid"]]
+    assert most == 4
+    assert Counter(e["gpus"][0] for e in starts[:4]) == Counter({"0": 2, "1": 2})
