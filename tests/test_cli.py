@@ -558,7 +558,7 @@ def test_search_with_an_impossible_range_in_the_study_file_names_the_key(work, n
 
 def test_a_trial_that_needs_more_cpus_than_this_machines_ray_has_is_one_clear_error():
     from recipe.config import RecipeError
-    from search.tuning import check_trials_fit
+    from search.cluster import check_trials_fit
 
     spec = search_study.load("smoke")
     check_trials_fit(dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, cpus_per_trial=2)), 2)
