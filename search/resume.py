@@ -16,7 +16,7 @@ Tune's saved experiment state is neither restored nor edited. On --resume:
    recorded checkpoint (a missing or damaged one restarts it from epoch 0, which the trial says); then new
    trials are sampled until the study has its `trials`, by a sampler that sees every trial of the record,
    the running ones included (and is seeded apart from the draws it made before). ASHA's rungs are every
-   trial's values at each rung's epoch (StudyASHA): no trial is judged twice at a rung.
+   trial's values at each rung's epoch (search.asha): no trial is judged twice at a rung.
 2. Re-validation runs the top trials whose re-run its log does not hold as ended (a failed one again).
 3. The final stage runs the seeds whose run directory does not hold an ended run.
 A new Tune run gives each run the study's max_failures, so a run tried again by --resume has its retries again.
@@ -24,20 +24,17 @@ Nothing that ended runs again, nothing is lost, nothing is added.
 """
 from __future__ import annotations
 
-import math
-import warnings
+import contextlib
 from typing import Any
 
-import numpy as np
 import optuna
 import pyarrow.fs
 from optuna.trial import TrialState
 from ray import tune
-from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
 from recipe.checkpoint import write_json
-from search.record import read_run_record
-from search.study import FINISHED, StudyPaths, StudySpec, read_object
+from search.record import note, read_run_record
+from search.study import FINISHED, StudyPaths, read_object
 from search.trainable import run_key
 
 CHECKPOINTS = "checkpoints.json"  # in results/<study>/
@@ -52,7 +49,11 @@ class CheckpointRecord:
         self.root = storage.split("://", 1)[-1]  # Tune's paths on a URI's file system have no scheme
 
     def read(self) -> dict[str, dict[str, str]]:
-        return read_run_record(self.path) if self.path.is_file() else {}
+        try:
+            return read_object(self.path) if self.path.is_file() else {}
+        except ValueError as e:  # damaged from outside (it is written whole): the runs go on from epoch 0
+            note(f"{self.path}: damaged ({e}); the runs it named start again from epoch 0")
+            return {}
 
     def uris(self, phase: str) -> dict[str, str]:
         """Each run's latest checkpoint, as a path or URI its trainable opens (tune.Checkpoint)."""
@@ -87,32 +88,24 @@ class CheckpointRecord:
 
 
 def delete(uri: str) -> None:
-    """A checkpoint directory deleted; one already gone is nothing to free."""
+    """A checkpoint's directory deleted; one already gone is nothing to free."""
     fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-    try:
+    with contextlib.suppress(OSError):
         fs.delete_dir(path)
-    except OSError:
-        pass
 
 
 def sweep(experiment: str) -> None:
-    """Delete every checkpoint left in a phase's Tune experiment once nothing of that phase will continue.
+    """Delete every checkpoint left in a phase's Tune experiment, once nothing of that phase will continue.
 
-    Tune persists a checkpoint before the driver hears of it: one the driver was stopped or killed before
-    recording is on the storage, in no record, and would stay there.
+    Tune persists a checkpoint before the driver hears of it: one that a stop or a kill kept out of the record
+    would stay there.
     """
     fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
-    try:
-        found = fs.get_file_info(pyarrow.fs.FileSelector(root, recursive=False))
-    except OSError:
-        return
-    for trial_dir in (i for i in found if i.type == pyarrow.fs.FileType.Directory):
-        for info in fs.get_file_info(pyarrow.fs.FileSelector(trial_dir.path)):
-            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-                try:
-                    fs.delete_dir(info.path)
-                except OSError:
-                    pass
+    selector = pyarrow.fs.FileSelector(root, recursive=True, allow_not_found=True)
+    for info in fs.get_file_info(selector):
+        if info.base_name.startswith("checkpoint_") and info.path.rsplit("/", 2)[0] == root.rstrip("/"):
+            with contextlib.suppress(OSError):
+                fs.delete_dir(info.path)
 
 
 class KeepLatestCheckpoint(tune.Callback):
@@ -190,54 +183,5 @@ def reruns_left(top: list[int], logged: list[dict[str, Any]]) -> list[int]:
 
 def final_seeds_left(paths: StudyPaths, seeds: list[int]) -> list[int]:
     """The final runs' seeds whose run directory holds no run that ended for good."""
-    def ended(seed: int) -> bool:
-        summary = paths.final_run(seed) / "summary.json"
-        return summary.is_file() and read_run_record(summary).get("status") in FINISHED
-
-    return [s for s in seeds if not ended(s)]
-
-
-class StudyASHA(FIFOScheduler):
-    """Ray's ASHA (AsyncHyperBandScheduler, one bracket, its rungs and cutoffs), over the study's trials by their
-    Optuna number, its rungs taken from the record: each trial's value at each rung's epoch.
-
-    A trial is judged at the highest rung it has reached and not been judged at; one that runs an epoch again
-    (continued from a checkpoint before its last epoch, or restarted from epoch 0) is not judged again.
-    """
-
-    def __init__(self, spec: StudySpec, study: optuna.Study) -> None:
-        super().__init__()
-        self.objective, self.sign = spec.metric, 1.0 if spec.mode == "max" else -1.0
-        self.horizon, self.rf, grace = spec.asha.horizon, spec.asha.reduction_factor, spec.asha.grace_period
-        count = int(np.log(self.horizon / grace) / np.log(self.rf) + 1)  # as Ray's _Bracket counts its rungs
-        self.rungs: dict[float, dict[int, float]] = {grace * self.rf ** k: {} for k in reversed(range(count))}
-        for t in study.get_trials(deepcopy=False):
-            for milestone, recorded in self.rungs.items():
-                value = t.intermediate_values.get(milestone)
-                if value is not None and math.isfinite(value):
-                    recorded[t.number] = self.sign * value
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if "epoch" not in result or self.objective not in result:
-            return self.CONTINUE
-        if result["epoch"] >= self.horizon:
-            return self.STOP
-        return self.judge(int(trial.config["trial_id"]), result["epoch"], self.sign * result[self.objective])
-
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        if "epoch" in result and self.objective in result:  # as Ray's ASHA: the last result counts at its rung
-            self.judge(int(trial.config["trial_id"]), result["epoch"], self.sign * result[self.objective])
-
-    def judge(self, number: int, epoch: float, value: float) -> str:
-        for milestone, recorded in self.rungs.items():  # highest first
-            if epoch < milestone or number in recorded:
-                continue
-            action = TrialScheduler.CONTINUE
-            if recorded:
-                with warnings.catch_warnings():  # a rung of values none of which is a number: no cutoff
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    if value < np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100):
-                        action = TrialScheduler.STOP
-            recorded[number] = value
-            return action
-        return TrialScheduler.CONTINUE
+    summaries = {s: paths.final_run(s) / "summary.json" for s in seeds}
+    return [s for s, f in summaries.items() if not (f.is_file() and read_run_record(f).get("status") in FINISHED)]

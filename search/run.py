@@ -41,7 +41,7 @@ RESOURCE_FLAGS = ("gpus", "trials_per_gpu", "cpus_per_trial")
 SELECTION_FLAGS = ("revalidate_top", "final_seeds")
 INTERRUPTED = 130
 # Ray's switch for single-machine use: with it off, Ray takes 127.0.0.1 as the node's address
-# (ray._private.services.get_node_ip_address), so a local study listens on loopback only.
+# (in Ray's own choice of the node's IP address), so a local study listens on loopback only.
 LOCAL_RAY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 

@@ -118,7 +118,7 @@ class StudySearcher(Searcher):
         try:
             with warnings.catch_warnings():
                 # An epoch run again (a trial restarted from epoch 0, or continued from an older checkpoint) keeps the
-                # value Optuna has, as ASHA keeps its first judgement (resume.StudyASHA): by design, not worth a
+                # value Optuna has, as ASHA keeps its first judgement (asha.StudyASHA): by design, not worth a
                 # warning. From Python 3.12 Optuna's warnings name the caller, so run.py's filter by module misses it.
                 warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
                 self.trials[trial_id].report(float(value), int(epoch))

@@ -26,7 +26,8 @@ from search.plan import Plan
 from search.record import load_final_summary, load_revalidation
 from search.results import (final_line, final_summary, open_study, revalidation_record,
                             top_trials, write_results, write_trials)
-from search.resume import (CheckpointRecord, KeepLatestCheckpoint, StudyASHA, extend, final_seeds_left,
+from search.asha import StudyASHA
+from search.resume import (CheckpointRecord, KeepLatestCheckpoint, extend, final_seeds_left,
                            reruns_left, search_left, sweep)
 from search.searcher import FailureReasons, StudySearcher, error_of, fail_running, reason_of, search_study
 from search.stopping import Stop
@@ -76,8 +77,10 @@ def search(p: Plan, gpus: int, stop: Stop) -> None:
     checkpoints = record.uris("tune")
     if unfinished and p.resume:
         fresh = [n for n in unfinished if str(n) not in checkpoints and study.trials[n].intermediate_values]
-        print(f"search: {len(unfinished)} unfinished trial{'s' * (len(unfinished) != 1)} ({', '.join(map(str, unfinished))}) "
-              f"go on from their last checkpoints, then {new} new" + (
+        several = len(unfinished) != 1
+        print(f"search: {len(unfinished)} unfinished trial{'s' * several} ({', '.join(map(str, unfinished))}) "
+              f"go{'es' * (not several)} on from {'their' if several else 'its'} last checkpoint{'s' * several}, then "
+              f"{new} new" + (
                   f"; no checkpoint was recorded of {', '.join(map(str, fresh))}: from epoch 0" if fresh else ""))
     trainable = tune.with_resources(
         tune.with_parameters(run_recipe, base=base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus),

@@ -477,7 +477,7 @@ def test_asha_takes_its_rungs_from_the_record_and_judges_no_trial_twice_at_a_run
     import dataclasses
     from types import SimpleNamespace
 
-    from search.resume import StudyASHA
+    from search.asha import StudyASHA
     from search.study import load as load_study
 
     spec = load_study(STUDY)
