@@ -31,7 +31,7 @@ from ray.tune.search import Searcher
 from recipe.checkpoint import is_disk_full
 from search.results import best_trial
 from search.resume import sampler_seed
-from search.study import StudyPaths, StudySpec
+from search.study import StudySpec
 from search.trainable import DISK_FULL, RESTARTED
 
 logger = logging.getLogger(__name__)
@@ -46,21 +46,6 @@ def sampler_for(spec: StudySpec, seed: int) -> optuna.samplers.TPESampler:
     )
 
 
-def search_study(paths: StudyPaths, spec: StudySpec) -> optuna.Study:
-    """The study's Optuna study as its search takes it up: made (the seed recipe queued as its trial 0) or loaded.
-
-    Its TPE sampler is seeded with the study's seed at the start, and apart from it after (resume.sampler_seed).
-    """
-    study = optuna.create_study(storage=optuna.storages.RDBStorage(paths.storage_url), study_name=spec.name,
-                                direction="maximize" if spec.mode == "max" else "minimize",
-                                pruner=optuna.pruners.NopPruner(), load_if_exists=True)
-    trials = len(study.get_trials(deepcopy=False))
-    study.sampler = sampler_for(spec, sampler_seed(spec.seed, trials))
-    if trials == 0:
-        study.enqueue_trial(spec.seed_params())
-    return study
-
-
 def distributions(spec: StudySpec) -> dict[str, FloatDistribution]:
     return {name: FloatDistribution(p.low, p.high, log=p.log) for name, p in spec.space.items()}
 
@@ -72,9 +57,19 @@ def reason_of(error: BaseException | str | None, attempts: int) -> str:
 
 
 class StudySearcher(Searcher):
-    def __init__(self, spec: StudySpec, study: optuna.Study) -> None:
+    def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
+        """Over the study's Optuna study in `storage`: made (the seed recipe queued as its trial 0) or taken up.
+
+        Its TPE sampler is seeded with the study's seed at the start, and apart from it after (resume.sampler_seed).
+        """
         super().__init__(metric=spec.metric, mode=spec.mode)
-        self.study, self.space, self.horizon = study, distributions(spec), spec.asha.horizon
+        self.study = optuna.create_study(storage=storage, study_name=spec.name, pruner=optuna.pruners.NopPruner(),
+                                         direction="maximize" if spec.mode == "max" else "minimize", load_if_exists=True)
+        trials = len(self.study.get_trials(deepcopy=False))
+        self.study.sampler = sampler_for(spec, sampler_seed(spec.seed, trials))
+        if trials == 0:
+            self.study.enqueue_trial(spec.seed_params())
+        self.space, self.horizon = distributions(spec), spec.asha.horizon
         self.trials: dict[str, optuna.Trial] = {}  # by Tune trial id
         self.told: set[str] = set()
         self._pending_failures: dict[str, dict[str, Any]] = {}

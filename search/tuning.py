@@ -29,7 +29,7 @@ from search.results import (final_line, final_summary, open_study, revalidation_
 from search.asha import StudyASHA
 from search.resume import (CheckpointRecord, KeepLatestCheckpoint, extend, final_seeds_left,
                            reruns_left, search_left, sweep)
-from search.searcher import FailureReasons, StudySearcher, error_of, fail_running, reason_of, search_study
+from search.searcher import FailureReasons, StudySearcher, error_of, fail_running, reason_of
 from search.stopping import Stop
 from search.storage import whole_files
 from search.study import SEARCHED, StudySpec, read_object
@@ -69,25 +69,20 @@ def search(p: Plan, gpus: int, stop: Stop) -> None:
     """The search: the trials the record says are left (search.resume), then new ones up to the study's `trials`."""
     spec, paths = p.spec, p.paths
     experiment, record = f"{p.storage}/tune", CheckpointRecord(paths, p.storage)
-    study = search_study(paths, spec)
+    searcher = StudySearcher(spec, optuna.storages.RDBStorage(paths.storage_url))
+    study = searcher.study
     unfinished, new = search_left(study, spec.trials)
     if not unfinished and not new:
         sweep(experiment)
         return
     checkpoints = record.uris("tune")
     if unfinished and p.resume:
-        fresh = [n for n in unfinished if str(n) not in checkpoints and study.trials[n].intermediate_values]
-        several = len(unfinished) != 1
-        print(f"search: {len(unfinished)} unfinished trial{'s' * several} ({', '.join(map(str, unfinished))}) "
-              f"go{'es' * (not several)} on from {'their' if several else 'its'} last checkpoint{'s' * several}, then "
-              f"{new} new" + (
-                  f"; no checkpoint was recorded of {', '.join(map(str, fresh))}: from epoch 0" if fresh else ""))
+        print(f"search: {resumed_line(unfinished, checkpoints, study)}, then {new} new")
     trainable = tune.with_resources(
         tune.with_parameters(run_recipe, base=base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus),
                              threads=spec.trial_threads(), checkpoints=checkpoints),
         resources(spec, gpus),
     )
-    searcher = StudySearcher(spec, study)
     planned = len(unfinished) + new
     tuner = tune.Tuner(
         trainable,
@@ -106,6 +101,22 @@ def search(p: Plan, gpus: int, stop: Stop) -> None:
     if results.num_terminated + results.num_errors < planned:
         raise KeyboardInterrupt  # Tune stopped early on a signal from elsewhere (SIGUSR1, its own)
     sweep(experiment)
+
+
+def resumed_line(unfinished: list[int], checkpoints: dict[str, str], study: optuna.Study) -> str:
+    """What a resumed search does with the trials that had not ended, in words."""
+    def trials(numbers: list[int]) -> str:
+        return f"trial{'s' * (len(numbers) != 1)} {', '.join(map(str, numbers))}"
+
+    going = [n for n in unfinished if str(n) in checkpoints]
+    again = [n for n in unfinished if str(n) not in checkpoints and study.trials[n].intermediate_values]
+    waiting = [n for n in unfinished if n not in going and n not in again]
+    one = len(going) == 1
+    parts = [f"{trials(going)} go{'es' * one} on from {'its' if one else 'their'} last checkpoint{'s' * (not one)}"
+             if going else "",
+             f"{trials(again)} start{'s' * (len(again) == 1)} again from epoch 0 (no checkpoint recorded)" if again else "",
+             f"{trials(waiting)} had not begun" if waiting else ""]
+    return "; ".join(part for part in parts if part)
 
 
 def run_config(p: Plan, name: str, callbacks: list, sync_artifacts: bool = False) -> tune.RunConfig:

@@ -449,21 +449,19 @@ def test_a_second_driver_on_a_running_study_is_refused_with_one_line_and_writes_
 
 def test_a_resumed_search_hands_out_its_unfinished_trials_first_then_samples_new_ones_that_repeat_none(tmp_path):
     from search.resume import search_left
-    from search.searcher import StudySearcher, search_study
-    from search.study import StudyPaths
+    from search.searcher import StudySearcher
     from search.study import load as load_study
 
     spec = load_study(STUDY).replace(trials=5)
-    paths = StudyPaths(tmp_path / "tiny")
-    paths.root.mkdir()
-    searcher = StudySearcher(spec, search_study(paths, spec))
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = StudySearcher(spec, storage)
     before = [searcher.suggest(f"a{i}") for i in range(3)]  # the seed recipe (trial 0), then two sampled
     searcher.on_trial_complete("a0", {"epoch": 3, "eval_acc": 0.3})
     searcher.on_trial_result("a2", {"epoch": 1, "eval_acc": 0.1})
     # The driver is killed with trials 1 and 2 running; the next one takes up the record.
-    study = search_study(paths, spec)
+    resumed = StudySearcher(spec, storage)
+    study = resumed.study
     assert search_left(study, spec.trials) == ([1, 2], 2)
-    resumed = StudySearcher(spec, study)
     after = [resumed.suggest(f"b{i}") for i in range(4)]
     assert [a["trial_id"] for a in after] == [1, 2, 3, 4]
     assert after[:2] == before[1:]  # the same trials, settings and all
