@@ -73,7 +73,8 @@ def search(p: Plan, gpus: int, stop: Stop) -> None:
     study = searcher.study
     unfinished, new = search_left(study, spec.trials)
     if not unfinished and not new:
-        sweep(experiment)
+        sweep(experiment)  # the search had ended: nothing of it will be continued
+        record.drop("tune")
         return
     checkpoints = record.uris("tune")
     if unfinished and p.resume:
@@ -101,6 +102,7 @@ def search(p: Plan, gpus: int, stop: Stop) -> None:
     if results.num_terminated + results.num_errors < planned:
         raise KeyboardInterrupt  # Tune stopped early on a signal from elsewhere (SIGUSR1, its own)
     sweep(experiment)
+    record.drop("tune")
 
 
 def resumed_line(unfinished: list[int], checkpoints: dict[str, str], study: optuna.Study) -> str:
