@@ -35,7 +35,7 @@ class LiveView(Callback):
         self.status_shown = False
 
     def setup(self, **info: Any) -> None:
-        # A resumed study starts from what its restored searcher has already told Optuna.
+        # A resumed study starts from its record: the trials that ended before.
         tally = self.searcher.tally()
         self.counts = {"complete": tally["complete"], "pruned": tally["pruned"], "failed": tally["fail"]}
         self.best = self.searcher.best_so_far()

@@ -41,14 +41,15 @@ RESOURCE_FLAGS = ("gpus", "trials_per_gpu", "cpus_per_trial")
 SELECTION_FLAGS = ("revalidate_top", "final_seeds")
 INTERRUPTED = 130
 # Ray's switch for single-machine use: with it off, Ray takes 127.0.0.1 as the node's address
-# (ray._private.services.get_node_ip_address), so a local study listens on loopback only.
+# (in Ray's own choice of the node's IP address), so a local study listens on loopback only.
 LOCAL_RAY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = Parser(prog="python -m search.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="default", help="a study name in studies/ or a path to a .toml (default: default)")
-    parser.add_argument("--trials", type=int, help="number of trials (default: the study's)")
+    parser.add_argument("--trials", type=int, help="number of trials (default: the study's); with --resume, more than "
+                                                   "the study had extends it")
     parser.add_argument("--gpus", type=int,
                         help="GPUs to use; 0 runs on CPU only (default: the study's, else every GPU Ray sees)")
     parser.add_argument("--trials-per-gpu", type=int, help="trials sharing one GPU (default: the study's)")
@@ -153,6 +154,22 @@ def edited_keys(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
     return sorted(toml_names.get(k, k) for k in set(a) | set(b) if a.get(k, None) != b.get(k, None))
 
 
+def extended(paths: StudyPaths, spec: StudySpec, trials: int) -> StudySpec:
+    """The study resumed with `trials` in all (--resume --trials N): more are sampled with the same TPE history.
+
+    Fewer than the trials that have ended is bad input: nothing that ended is undone.
+    """
+    ended = 0
+    if paths.optuna_db.is_file():
+        from search.results import open_study  # imports Optuna and pandas, here only
+
+        ended = sum(t.state.is_finished() for t in open_study(paths, spec).get_trials(deepcopy=False))
+    if trials < ended:
+        raise RecipeError(f"--trials {trials}: study {spec.name!r} has {ended} trials that ended; a resumed study can "
+                          f"run more trials, not fewer: ask for at least {ended}")
+    return spec.replace(trials=trials)
+
+
 def check_writable(flag: str, given: str, path: Path) -> None:
     """A directory the study will write: a file in the way, no permission or a read-only file system is bad input."""
     reason = unwritable_reason(path)
@@ -191,12 +208,15 @@ def plan(args: argparse.Namespace) -> Plan:
         else:
             raise RecipeError(f"{paths.root}: study {spec.name!r} {what}, or remove the directory to start over")
     if resume:
-        # Tune restores trials, their resources and its concurrency limit as they were.
-        changed = [f for f in ("trials", *RESOURCE_FLAGS, *SELECTION_FLAGS, *DATA_FLAGS) if getattr(args, f) is not None]
+        # Its record was made with them (the trials' resources and data, the re-runs' seed, the final runs'); only
+        # --trials may grow it.
+        changed = [f for f in (*RESOURCE_FLAGS, *SELECTION_FLAGS, *DATA_FLAGS) if getattr(args, f) is not None]
         if changed:
             raise RecipeError(f"--{changed[0].replace('_', '-')}: a resumed study keeps the settings it started with "
                               f"({paths.spec}); resume without it")
         file_spec, spec = spec, paths.load_spec()
+        if args.trials is not None:
+            spec = extended(paths, spec, args.trials)
         record.read_revalidation(paths)  # damaged, it is one line now, not a crash once the search is done
         then = record.study_file_then(paths)  # the study file's own settings at the start, flags apart
         edited = [] if then is None else edited_keys(then, file_spec.to_dict())  # none saved: nothing to compare

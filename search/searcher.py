@@ -1,18 +1,18 @@
-"""Ray Tune's OptunaSearch with the bookkeeping an early-stopped search needs.
+"""The study's searcher: Ray Tune's trials as Optuna trials, with the bookkeeping an early-stopped search needs.
 
-Ray's OptunaSearch tells Optuna that a trial ASHA stopped is COMPLETE with its last value,
-and drops the value of the epoch on which it stopped (Tune does not pass that result to
-on_trial_result). TPE then models stopped trials as finished ones, and every Optuna plot and
-the dashboard show them as such. Here:
+A Tune Searcher over Optuna's ask-and-tell interface. Ray's OptunaSearch tells Optuna that a trial ASHA
+stopped is COMPLETE with its last value, and drops the value of the epoch on which it stopped (Tune does
+not pass that result to on_trial_result); TPE then models stopped trials as finished ones, and every Optuna
+plot and the dashboard show them as such. It also keeps its own state beside Optuna's, which a resumed
+study would have to square with the record. Here Optuna's study (optuna.db) is the only state:
 
+- each Tune trial is an Optuna trial, whose number it carries in its config ("trial_id"); a resumed study's
+  unfinished trials come first, from Optuna's queue (search.resume);
 - every epoch's value is an intermediate value of its Optuna trial, the last one included;
 - a trial that ran the whole horizon is COMPLETE, with its value at the horizon;
 - a trial stopped before the horizon is PRUNED (Optuna keeps its last value as its value);
 - a trial that crashed (after its retries), diverged or found its disk full (not retried) is FAIL,
-  its reason in user attrs;
-- after a restore, a RUNNING Optuna trial that Tune no longer knows (the driver died before
-  Tune saved it) goes back to Optuna's queue, and the next trial Tune starts runs it; a RUNNING
-  trial left when the search ends is marked FAIL, so no trial stays RUNNING forever.
+  its reason in user attrs; a RUNNING trial left when the search ends is marked FAIL.
 """
 from __future__ import annotations
 
@@ -26,10 +26,11 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from ray.tune import Callback
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search import Searcher
 
 from recipe.checkpoint import is_disk_full
 from search.results import best_trial
+from search.resume import sampler_seed
 from search.study import StudySpec
 from search.trainable import DISK_FULL, RESTARTED
 
@@ -38,9 +39,9 @@ logger = logging.getLogger(__name__)
 EPOCH = "epoch"
 
 
-def sampler_for(spec: StudySpec) -> optuna.samplers.TPESampler:
+def sampler_for(spec: StudySpec, seed: int) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(
-        seed=spec.seed, n_startup_trials=spec.sampler.n_startup_trials,
+        seed=seed, n_startup_trials=spec.sampler.n_startup_trials,
         multivariate=spec.sampler.multivariate, constant_liar=spec.sampler.constant_liar,
     )
 
@@ -55,19 +56,28 @@ def reason_of(error: BaseException | str | None, attempts: int) -> str:
     return f"{lines[-1][:500] if lines else type(error).__name__} (after {attempts} attempt{'s' * (attempts != 1)})"
 
 
-class StudySearcher(OptunaSearch):
+class StudySearcher(Searcher):
     def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
-        super().__init__(
-            space=distributions(spec), metric=spec.metric, mode=spec.mode, sampler=sampler_for(spec),
-            storage=storage, study_name=spec.name, points_to_evaluate=[spec.seed_params()],
-        )
-        self._horizon = spec.asha.horizon
+        """Over the study's Optuna study in `storage`: made (the seed recipe queued as its trial 0) or taken up.
+
+        Its TPE sampler is seeded with the study's seed at the start, and apart from it after (resume.sampler_seed).
+        """
+        super().__init__(metric=spec.metric, mode=spec.mode)
+        self.study = optuna.create_study(storage=storage, study_name=spec.name, pruner=optuna.pruners.NopPruner(),
+                                         direction="maximize" if spec.mode == "max" else "minimize", load_if_exists=True)
+        trials = len(self.study.get_trials(deepcopy=False))
+        self.study.sampler = sampler_for(spec, sampler_seed(spec.seed, trials))
+        if trials == 0:
+            self.study.enqueue_trial(spec.seed_params())
+        self.space, self.horizon = distributions(spec), spec.asha.horizon
+        self.trials: dict[str, optuna.Trial] = {}  # by Tune trial id
+        self.told: set[str] = set()
         self._pending_failures: dict[str, dict[str, Any]] = {}
         self._final_states: dict[str, tuple[str, str | None]] = {}
 
     # Names for the live view.
     def number(self, trial_id: str) -> int | None:
-        trial = self._ot_trials.get(trial_id)
+        trial = self.trials.get(trial_id)
         return trial.number if trial is not None else None
 
     def final_state(self, trial_id: str) -> str | None:
@@ -78,21 +88,23 @@ class StudySearcher(OptunaSearch):
         return self._final_states.get(trial_id, (None, None))[1]
 
     def tally(self) -> dict[str, int]:
-        """Trials told so far, by state."""
+        """The study's ended trials, by state (a resumed study's from before included)."""
         counts = {"complete": 0, "pruned": 0, "fail": 0}
-        for state, _ in self._final_states.values():
-            counts[state] += 1
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
+            counts[t.state.name.lower()] += 1
         return counts
 
     def best_so_far(self) -> tuple[float, int] | None:
         """(value, trial number) of the best complete trial so far, if any."""
-        best = best_trial(self._ot_study, self.mode)
+        best = best_trial(self.study, self.mode)
         return (best.value, best.number) if best is not None else None
 
     def suggest(self, trial_id: str) -> dict | None:
-        params = super().suggest(trial_id)
-        self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
-        return params
+        # Optuna's queue first (the seed recipe, a resumed study's unfinished trials), then the sampler.
+        trial = self.study.ask(fixed_distributions=self.space)
+        trial.set_user_attr("ray_trial_id", trial_id)
+        self.trials[trial_id] = trial
+        return {**trial.params, "trial_id": trial.number}
 
     def _report(self, trial_id: str, result: dict[str, Any]) -> None:
         value, epoch = result.get(self.metric), result.get(EPOCH)
@@ -100,12 +112,12 @@ class StudySearcher(OptunaSearch):
             return
         try:
             with warnings.catch_warnings():
-                # An epoch run again (a trial restarted from epoch 0, or resumed from an older checkpoint) keeps the
-                # value Optuna has, as ASHA keeps its first judgement (tuning.StudyASHA): by design, not worth a
+                # An epoch run again (a trial restarted from epoch 0, or continued from an older checkpoint) keeps the
+                # value Optuna has, as ASHA keeps its first judgement (asha.StudyASHA): by design, not worth a
                 # warning. From Python 3.12 Optuna's warnings name the caller, so run.py's filter by module misses it.
                 warnings.filterwarnings("ignore", message="The reported value is ignored", category=UserWarning)
-                self._ot_trials[trial_id].report(float(value), int(epoch))
-        except Exception as e:  # a trial told before a restore cannot take values again
+                self.trials[trial_id].report(float(value), int(epoch))
+        except Exception as e:
             if is_disk_full(e):  # optuna.db cannot be written: the study stops, its state saved
                 raise
             logger.debug("not reported for %s: %s", trial_id, e)
@@ -113,13 +125,13 @@ class StudySearcher(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if result.get("status") == DISK_FULL:  # the last epoch's figures again, told already
             return
-        if trial_id in self._ot_trials and trial_id not in self._completed_trials:
+        if trial_id in self.trials and trial_id not in self.told:
             if RESTARTED in result:  # a damaged checkpoint: the trial ran again from epoch 0
-                self._ot_trials[trial_id].set_user_attr(RESTARTED, result[RESTARTED])
+                self.trials[trial_id].set_user_attr(RESTARTED, result[RESTARTED])
             self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        if trial_id in self.told or trial_id not in self.trials:
             return
         epochs = int(result.get(EPOCH, 0)) if result else 0
         if error:
@@ -133,12 +145,12 @@ class StudySearcher(OptunaSearch):
             self._finish(trial_id, TrialState.FAIL, None, epochs=epochs, reason=result.get("reason") or "disk full")
             return
         if RESTARTED in result:  # restarted and ended at its first epoch back (ASHA's stop skips on_trial_result)
-            self._ot_trials[trial_id].set_user_attr(RESTARTED, result[RESTARTED])
+            self.trials[trial_id].set_user_attr(RESTARTED, result[RESTARTED])
         self._report(trial_id, result)  # Tune skips on_trial_result for the stopping epoch
         if result.get("status") == "diverged":
             self._finish(trial_id, TrialState.FAIL, None, epochs=epochs,
                          reason=f"diverged: the training loss was not finite in epoch {epochs}")
-        elif epochs >= self._horizon:
+        elif epochs >= self.horizon:
             self._finish(trial_id, TrialState.COMPLETE, float(result[self.metric]), epochs=epochs)
         else:
             self._finish(trial_id, TrialState.PRUNED, None, epochs=epochs)
@@ -149,47 +161,18 @@ class StudySearcher(OptunaSearch):
             self._finish(trial_id, TrialState.FAIL, None, epochs=pending["epochs"], reason=reason)
 
     def _finish(self, trial_id: str, state: TrialState, value: float | None, *, epochs: int, reason: str | None = None) -> None:
-        trial = self._ot_trials[trial_id]
+        trial = self.trials[trial_id]
         try:
             trial.set_user_attr("epochs", epochs)
             if reason:
                 trial.set_user_attr("reason", reason)
-            self._ot_study.tell(trial, value, state=state)
-        except Exception as e:  # told already, before an interruption: keep what Optuna has
+            self.study.tell(trial, value, state=state)
+        except Exception as e:  # told already: keep what Optuna has
             if is_disk_full(e):
                 raise
             logger.warning("trial %s: %s", trial.number, e)
-        self._completed_trials.add(trial_id)
+        self.told.add(trial_id)
         self._final_states[trial_id] = (state.name.lower(), reason)
-
-    def restore(self, checkpoint_path: str) -> None:
-        """Take up the searcher's state as Tune last saved it, squared with what Optuna has since.
-
-        Tune saves its state every few seconds, and a driver may die (SIGKILL, a lost machine)
-        between two saves. Then Optuna may hold a trial as ended that the saved state has running:
-        it counts as ended (tuning.settle_ended_trials keeps Tune from running it again). And Optuna
-        may hold RUNNING trials that Tune never saved, which never ran to an end: they go back to
-        Optuna's queue (WAITING), so the trials Tune starts in their place take them up with their
-        sampled settings, instead of new ones beside a FAIL that would not count.
-        """
-        super().restore(checkpoint_path)
-        by_number = {t.number: t for t in self._ot_study.get_trials(deepcopy=False)}
-        for trial_id, trial in self._ot_trials.items():
-            frozen = by_number.get(trial.number)
-            if trial_id not in self._completed_trials and frozen is not None and frozen.state.is_finished():
-                self._completed_trials.add(trial_id)
-                self._final_states[trial_id] = (frozen.state.name.lower(), frozen.user_attrs.get("reason"))
-        requeue_unknown(self._ot_study, known={t.number for t in self._ot_trials.values()})
-
-
-def requeue_unknown(study: optuna.Study, known: set[int]) -> list[int]:
-    """Put back in Optuna's queue (WAITING) every RUNNING trial not numbered in `known`."""
-    requeued = []
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if frozen.number not in known:
-            study._storage.set_trial_state_values(frozen._trial_id, TrialState.WAITING)
-            requeued.append(frozen.number)
-    return requeued
 
 
 def fail_running(study: optuna.Study, reason: str, keep: set[int] = frozenset()) -> list[int]:

@@ -1,12 +1,11 @@
 """Ray Tune's files on a local disk, each written whole or not at all.
 
-Tune rewrites its experiment state (experiment_state-*.json, the searcher's state) in place every
-few seconds, and copies each trial's checkpoint into the experiment directory. Through a plain
-local file system, a full disk or a killed driver leaves such a file cut short: a study whose
-only saved state is cut short cannot be resumed, and a cut-short checkpoint costs its trial every
-epoch it ran. Through this one (handed to Tune as its storage file system), every file goes to a
-temporary name beside its own and is renamed into place once written whole: the old file stays
-until then, and a failed write leaves no trace.
+Tune copies each trial's checkpoint into the experiment directory every epoch, and rewrites its own
+files (its records of each trial, its experiment state) as the study runs. Through a plain local file
+system, a full disk or a killed driver leaves such a file cut short: a cut-short checkpoint costs its
+trial every epoch it ran, and the study's record (search.resume) would name it. Through this one
+(handed to Tune as its storage file system), every file goes to a temporary name beside its own and is
+renamed into place once written whole: the old file stays until then, and a failed write leaves no trace.
 """
 from __future__ import annotations
 

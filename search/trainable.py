@@ -2,9 +2,10 @@
 
 A trial's run directory lives in its Tune working directory; the final run's in the
 directory it is given. Every epoch the recipe's last.pt goes to Tune as that epoch's
-checkpoint, so a trial Tune restarts (a crash, a lost node, a resumed study) continues from
-it wherever it lands. Tune's copy is a trial's only one: the trial deletes its own once
-reported (Tune keeps the latest per trial in its experiment directory).
+checkpoint, so a trial Tune retries (a crash, a lost node) continues from it wherever it lands,
+and so does a run a resumed study continues: the driver records each checkpoint as Tune reports
+it (search.resume) and hands the run its recorded one. Tune's copy is a trial's only one: the
+trial deletes its own once reported (Tune keeps the latest per trial in its experiment directory).
 
 A checkpoint that cannot be loaded (truncated by a full disk or a killed copy, say) restarts the
 run from epoch 0, and the first epoch it reports says so (result key "restarted"). The run is
@@ -33,24 +34,35 @@ RUN_DIR = "run"  # a trial's run directory, inside its Tune working directory
 DISK_FULL = "disk_full"  # the status of a trial's last result when it could not write for want of space
 
 
+def run_key(config: dict[str, Any]) -> str:
+    """A run's name in the study's record of checkpoints: its Optuna trial's number (a search trial, a re-run), or
+    its seed (a final run)."""
+    return str(config["trial_id"]) if "trial_id" in config else f"seed-{config.get('seed')}"
+
+
 def run_recipe(params: dict[str, Any], *, base: dict[str, Any], threads: int, out_dir: str | None = None,
-               final: bool = False, settings: dict[int, dict[str, float]] | None = None) -> None:
+               final: bool = False, settings: dict[int, dict[str, float]] | None = None,
+               checkpoints: dict[str, str] | None = None) -> None:
     """Train `base` with the sampled `params`, reporting each epoch's metrics and checkpoint.
 
-    A re-validation run's params are {"trial_id": n, "seed": s}: trial n's settings (from `settings`) with
-    seed s. A final run's may hold a seed; with `out_dir` its run directory is out_dir/seed-<seed>.
+    A search trial's params are its settings and its Optuna number ("trial_id"). A re-validation run's are
+    {"trial_id": n, "seed": s}: trial n's settings (from `settings`) with seed s. A final run's may hold a
+    seed; with `out_dir` its run directory is out_dir/seed-<seed>. A run continues from Tune's checkpoint of
+    it (a retry), else from the one `checkpoints` names for it (run_key: a run a resumed study continues).
     """
     import torch  # here: the driver imports this module to hand Tune the trainable, and trains nothing itself
 
     from recipe.train import train
 
     torch.set_num_threads(threads)
+    recorded = (checkpoints or {}).get(run_key(params))
     if settings is not None:
         params = {**settings[int(params["trial_id"])], "seed": params["seed"]}
+    params = {k: v for k, v in params.items() if k != "trial_id"}
     config = RecipeConfig.from_dict({**base, **params})
     run_dir = Path(out_dir) / f"seed-{config.seed}" if out_dir else Path.cwd() / RUN_DIR
     last = run_dir / "checkpoints" / CHECKPOINT_FILE
-    checkpoint = tune.get_checkpoint()
+    checkpoint = tune.get_checkpoint() or (tune.Checkpoint(recorded) if recorded else None)
     source, missing = str(last), ""
     if final and last.is_file():
         resume = True  # the final run's own directory on this machine: at least as new as Tune's copy

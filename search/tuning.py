@@ -1,302 +1,43 @@
-"""The Ray side of a study: start or join Ray, search with Tune, run the final run under Tune."""
+"""The phases of a study under Ray Tune: the search, re-validation of its top trials, the final runs; and run(),
+the study from Ray's start to its report.
+
+Each phase is one Tune run over what the study's record says is left of it (search.resume: how a study resumes).
+Ray's start and its cluster's checks are search.cluster's.
+"""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import sys
-import warnings
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import optuna
 import pyarrow.fs
 import ray
 from ray import tune
-from ray._raylet import GcsClient  # no public API for a client of the cluster's GCS
-from ray.exceptions import ActorDiedError, GetTimeoutError, RpcError
-from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
-from ray.tune.experiment import Trial
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler
 
 from recipe.checkpoint import is_disk_full, write_json
 from recipe.config import RecipeError
+from search.cluster import gpus_to_use, start_ray
 from search.live import FinalView, LiveView, RevalidationView, settings
-from search.plan import Plan, check_gpus, local_gpus
-from search.record import load_revalidation
+from search.plan import Plan
+from search.record import load_final_summary, load_revalidation
 from search.results import (final_line, final_summary, open_study, revalidation_record,
                             top_trials, write_results, write_trials)
+from search.asha import StudyASHA
+from search.resume import (CheckpointRecord, KeepLatestCheckpoint, extend, final_seeds_left,
+                           reruns_left, search_left, sweep)
 from search.searcher import FailureReasons, StudySearcher, error_of, fail_running, reason_of
 from search.stopping import Stop
 from search.storage import whole_files
-from search.study import SEARCHED, StudySpec
+from search.study import SEARCHED, StudySpec, read_object
 from search.trainable import DISK_FULL, RUN_DIR, run_recipe
-
-try:  # Ray's token authentication (RAY_AUTH_MODE=token), from Ray 2.52; no public API for these
-    from ray._private.authentication.authentication_token_setup import ensure_token_if_auth_enabled
-    from ray._raylet import AuthenticationMode, get_authentication_mode
-    from ray.exceptions import AuthenticationError
-
-    TOKEN_AUTH = True
-except ImportError:  # an older Ray: every cluster admits every driver, and there is no token to check
-    TOKEN_AUTH = False
-
-
-class DropEndedCheckpoints(tune.Callback):
-    """Deletes a trial's checkpoint once the trial has ended for good.
-
-    Tune keeps each trial's latest checkpoint (about 170 MB at full width: the weights and the
-    optimizer's momentum). A study never continues a trial that completed or that ASHA stopped, nor,
-    with `errored` set, one that failed (a resumed search restarts none of those), so their
-    checkpoints would only fill the disk: ~7 GB for the default 40-trial study. Running trials keep
-    theirs, so an interrupted study continues from them. The final run keeps its checkpoint when it
-    fails: --resume retries it from there.
-    """
-
-    def __init__(self, errored: bool) -> None:
-        self.errored = errored
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        drop_checkpoint(trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.errored:
-            drop_checkpoint(trial)
-
-
-def drop_checkpoint(trial: Any) -> None:
-    checkpoint = trial.checkpoint  # the latest; with num_to_keep=1 the only one
-    if checkpoint is None:
-        return
-    try:
-        checkpoint.filesystem.delete_dir(checkpoint.path)
-    except OSError:  # already gone: nothing to free
-        pass
-
-
-def drop_every_checkpoint(result: Any) -> None:
-    """Deletes every checkpoint left in an ended trial's directory, not only the one Tune names as its latest.
-
-    A final run stopped (SIGTERM), resumed and ended has once left an older checkpoint beside the one Tune
-    named (in the fault tests): Tune's record of a trial's checkpoints across a stop and a restore is not one
-    to rely on for freeing the disk, and nothing of a trial that ended well is ever resumed.
-    """
-    fs, path = result.filesystem, result.path
-    try:
-        found = fs.get_file_info(pyarrow.fs.FileSelector(path))
-    except OSError:  # the trial's directory is gone: nothing to free
-        return
-    for info in found:
-        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_"):
-            try:
-                fs.delete_dir(info.path)
-            except OSError:
-                pass
-
-
-class StudyASHA(ASHAScheduler):
-    """ASHA that judges a trial once at each rung, across a study's interruptions.
-
-    Tune does not save ASHA's rungs with a study's state: after a resume, ASHA has seen none of the
-    epochs before. Left as it is, it would judge a resumed trial again at the rungs it had passed (or it
-    would not have gone on), and a trial that runs epochs again (restarted from epoch 0, its checkpoint
-    damaged or gone; or resumed from the checkpoint before the last epoch Tune logged) at each of those
-    epochs afresh: it could stop at epoch 1 a trial that had gone on to epoch 2, Optuna holding both.
-    Here an epoch a trial has run before is not judged again (as Optuna keeps the first value of each
-    epoch), and the rungs a resumed trial had reached count as passed: it is recorded there without a
-    value (NaN, which ASHA's cutoffs, numpy's nanpercentile, leave out). Where it had got to comes from
-    Tune's last result of the trial, which Tune saves with the study's state.
-    """
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._highest: dict[str, int] = {}  # per trial, the highest epoch seen
-        self._replaying: set[str] = set()  # trials whose last result was an epoch seen before
-
-    def _seen_before(self, trial: Any, epoch: int) -> bool:
-        if trial.trial_id not in self._highest:
-            before = int((trial.last_result or {}).get(self._time_attr) or 0)
-            self._highest[trial.trial_id] = before
-            if before and trial.trial_id in self._trial_info:
-                for milestone, recorded in self._trial_info[trial.trial_id]._rungs:
-                    if milestone <= before:
-                        recorded.setdefault(trial.trial_id, float("nan"))
-        if epoch <= self._highest[trial.trial_id]:
-            return True
-        self._highest[trial.trial_id] = epoch
-        return False
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        epoch = result.get(self._time_attr)
-        if epoch is not None and self._metric in result and self._seen_before(trial, epoch):
-            self._replaying.add(trial.trial_id)
-            return self.CONTINUE
-        self._replaying.discard(trial.trial_id)
-        with warnings.catch_warnings():  # a rung with none but passed-before trials: its cutoff is NaN, no stop
-            warnings.simplefilter("ignore", RuntimeWarning)
-            return super().on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        if trial.trial_id in self._replaying:
-            self._trial_info.pop(trial.trial_id, None)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                super().on_trial_complete(tune_controller, trial, result)
-        self._forget(trial)
-
-    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_remove(tune_controller, trial)
-        self._forget(trial)
-
-    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
-        super().on_trial_error(tune_controller, trial)
-        self._forget(trial)
-
-    def _forget(self, trial: Any) -> None:
-        self._highest.pop(trial.trial_id, None)
-        self._replaying.discard(trial.trial_id)
 
 
 class FinalRunFailed(RuntimeError):
     """The final run crashed more often than its retries allow (not bad input: exit status 1)."""
-
-
-def start_ray(p: Plan, stop: Stop) -> None:
-    """Start a Ray of the study's own, or join the cluster at --address; a stop meanwhile is raised once Ray is up."""
-    # On one machine, loopback only (run.py set Ray's local switch too); a private Ray has no dashboard.
-    node_ip = {"_node_ip_address": "127.0.0.1"} if p.on_loopback else {}
-    if p.address:
-        check_cluster_admits_driver(p.address)
-        with stop.deferred():  # ray.init is not to be stopped halfway (search.stopping)
-            ray.init(address=p.address, log_to_driver=False, logging_level="ERROR", **node_ip)
-        try:
-            check_cluster_reaches_driver(p.address)
-        except RecipeError:
-            with quiet_stderr():  # ... which it may do until it shuts down: the error stays one line
-                ray.shutdown()
-            raise
-    else:
-        # address="local": a new Ray of our own, never one that RAY_ADDRESS or `ray start` left around.
-        # Tune's trial actors carry a runtime_env (its env_vars), so Ray starts their worker processes afresh: the
-        # ones it would prestart for this driver (a Python each that imports Ray) would never be used.
-        with stop.deferred():
-            ray.init(address="local", num_gpus=local_gpus(), include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR", _system_config={"prestart_worker_first_driver": False}, **node_ip)
-        try:
-            check_trials_fit(p.spec, ray.cluster_resources().get("CPU", 0))
-        except RecipeError:
-            ray.shutdown()
-            raise
-
-
-def check_trials_fit(spec: StudySpec, cpus: float) -> None:
-    """One line now where a trial asks for more CPUs than this machine's Ray has, not a study waiting forever.
-
-    (On a cluster, nodes may join later: there Tune's own warning says that trials wait for resources.)
-    """
-    need = spec.resources.cpus_per_trial
-    if need > cpus:
-        raise RecipeError(f"a trial needs {need:g} CPUs (resources.cpus_per_trial, --cpus-per-trial) but this machine's "
-                          f"Ray has {cpus:g}: no trial could start; ask for at most {cpus:g}")
-
-
-PROBE_TIMEOUT_S = 120  # a worker process to start on a busy head; longer is no refusal
-TOKEN_SOURCES = ("in RAY_AUTH_TOKEN, a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token; "
-                 "`ray get-auth-token` on the head prints it")
-
-
-def check_cluster_admits_driver(address: str) -> None:
-    """One line, at once, where the cluster's GCS refuses this driver's authentication, or none answers.
-
-    Left to ray.init, a refused token costs half a minute of retries and ends in a
-    ConnectionError whose cause survives only as text. A GCS client of our own raises Ray's
-    AuthenticationError on the first refusal. A Ray without token authentication (before 2.52)
-    refuses no driver: only whether a cluster answers is checked there.
-    """
-    if "://" in address or address in ("auto", "local"):
-        return  # Ray Client, or Ray finding a cluster itself: ray.init's own way
-    if not TOKEN_AUTH:
-        check_cluster_answers(address)
-        return
-    try:
-        # As ray.init does first; a GCS client in token mode without a token aborts the process.
-        ensure_token_if_auth_enabled(None, create_token_if_missing=False)
-    except AuthenticationError:
-        raise RecipeError(f"--address {address}: RAY_AUTH_MODE=token but this driver has no token; give it the "
-                          f"cluster's token ({TOKEN_SOURCES})") from None
-    try:
-        check_cluster_answers(address)
-    except AuthenticationError:
-        if get_authentication_mode() == AuthenticationMode.TOKEN:
-            raise RecipeError(f"--address {address}: the cluster refused this driver's authentication token; give the "
-                              f"driver the cluster's token ({TOKEN_SOURCES})") from None
-        raise RecipeError(f"--address {address}: the cluster requires Ray's token authentication; set RAY_AUTH_MODE=token "
-                          f"and the cluster's token ({TOKEN_SOURCES})") from None
-
-
-def check_cluster_answers(address: str) -> None:
-    """One line where no Ray cluster answers at the address (after the half a minute Ray's client waits).
-
-    On a Ray with token authentication, a cluster that refuses this driver raises Ray's AuthenticationError.
-    """
-    try:
-        with quiet_stderr():  # Ray's C++ client logs each refusal there too
-            GcsClient(address=address)
-    except RpcError as e:
-        raise RecipeError(f"--address {address}: no Ray cluster answers there ({str(e).rstrip('.')}); check the "
-                          f"address, which `ray start --head` prints") from None
-
-
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """File descriptor 2 to /dev/null meanwhile: what C++ code writes there as well as Python's."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-@ray.remote(num_cpus=0)
-class Probe:
-    def ping(self) -> bool:
-        return True
-
-
-def check_cluster_reaches_driver(address: str) -> None:
-    """One line, before any trial, where the cluster's workers cannot call back to this driver.
-
-    A driver in token mode serves only authenticated calls; a cluster without token
-    authentication makes none, so every actor it starts for this driver (every trial) dies
-    before it runs. An actor that needs no resources shows that at once.
-    """
-    if not TOKEN_AUTH or get_authentication_mode() != AuthenticationMode.TOKEN:
-        return  # a driver without token authentication answers anyone
-    probe = Probe.remote()
-    try:
-        ray.get(probe.ping.remote(), timeout=PROBE_TIMEOUT_S)
-    except ActorDiedError:
-        raise RecipeError(f"--address {address}: this driver uses Ray's token authentication (RAY_AUTH_MODE=token) but "
-                          "the cluster does not, so no trial could start there; unset RAY_AUTH_MODE, or restart the "
-                          "cluster with RAY_AUTH_MODE=token") from None
-    except GetTimeoutError:
-        pass  # a busy cluster, not a refusal: Tune waits for it as it would
-    finally:
-        with quiet_stderr():  # Ray's core worker logs the cancelled creation of an actor that never ran
-            ray.kill(probe)
-
-
-def gpus_to_use(spec: StudySpec) -> int:
-    """The study's GPUs: as many as asked for (checked before Ray started, for a Ray of its own), else all Ray has."""
-    seen = int(ray.cluster_resources().get("GPU", 0))
-    check_gpus(spec.resources.gpus, seen, "the cluster" if len(ray.nodes()) > 1 else "this machine")
-    return seen if spec.resources.gpus is None else spec.resources.gpus
 
 
 def resources(spec: StudySpec, gpus: int, final: bool = False) -> dict[str, float]:
@@ -319,189 +60,65 @@ def base_config(config_dict: dict[str, Any], gpus: int) -> dict[str, Any]:
     return {k: v for k, v in config_dict.items() if k not in SEARCHED} | {"device": "cuda" if gpus else "cpu"}
 
 
-def restorable(experiment: str) -> bool:
-    """Whether Tune saved a state of this experiment to resume from.
-
-    A stop in the moment between a Tuner's making (tuner.pkl) and Tune's first save of its state leaves
-    none: no trial of that phase had started, and a resumed study starts the phase afresh. A state set
-    aside as damaged counts as one (newest_saved_state says so).
-    """
-    if not tune.Tuner.can_restore(experiment):
-        return False
-    fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
-    return any(info.base_name.startswith("experiment_state-")
-               for info in fs.get_file_info(pyarrow.fs.FileSelector(root)))
-
-
-def newest_saved_state(experiment: str) -> tuple[pyarrow.fs.FileSystem, str, dict[str, Any]]:
-    """(file system, path, contents) of Tune's newest saved experiment state; a session's cut-short state set aside."""
-    fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
-    while True:
-        newest = _find_newest_experiment_checkpoint(root, fs=fs)
-        if newest is None:
-            raise RecipeError(f"{experiment}: Ray Tune's saved state of this study is damaged; remove "
-                              f"{experiment.rsplit('/', 1)[0]} to start over")
-        try:
-            with fs.open_input_stream(newest) as f:
-                return fs, newest, json.loads(f.readall())
-        except ValueError:  # cut short: the driver died while Tune copied it
-            set_aside_session(fs, root, newest)
-
-
-def settle_ended_trials(experiment: str, study: optuna.Study) -> list[str]:
-    """Mark TERMINATED, in Tune's saved state, the trials Optuna holds as ended; returns their Tune ids.
-
-    Tune saves its experiment state every few seconds; a driver killed after a trial ended but before
-    the next save leaves that trial RUNNING there, with its checkpoint already deleted
-    (DropEndedCheckpoints). Resumed as it is, Tune would run the trial again, failing to restore that
-    checkpoint until its retries ran out. Optuna's record (written as the trial ends) says it ended.
-    """
-    ended = {t.user_attrs.get("ray_trial_id") for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
-    return settle_trials(experiment, ended)
-
-
-def give_failed_trials_their_retries(experiment: str) -> list[str]:
-    """Count no failures, in Tune's saved state, for the trials that failed for good; returns their Tune ids.
-
-    Tune keeps a trial's failure count across a restore: a failed trial resumed with resume_errored would
-    have no retry left, and its first crash would end it again.
-    """
-    fs, newest, state = newest_saved_state(experiment)
-    reset = []
-    for entry in state["trial_data"]:
-        trial, metadata = json.loads(entry[0]), json.loads(entry[1])
-        if trial["status"] == Trial.ERROR and (metadata.get("num_failures") or metadata.get("num_failures_after_restore")):
-            metadata["num_failures"] = metadata["num_failures_after_restore"] = 0
-            entry[1] = json.dumps(metadata)
-            reset.append(trial["trial_id"])
-    if reset:
-        save_state(fs, newest, state)
-    return reset
-
-
-def save_state(fs: pyarrow.fs.FileSystem, path: str, state: dict[str, Any]) -> None:
-    """Tune's saved experiment state, rewritten whole (a temporary file renamed into place)."""
-    tmp = f"{path}.tmp"
-    with fs.open_output_stream(tmp) as f:
-        f.write(json.dumps(state).encode())
-    fs.move(tmp, path)
-
-
-def settle_trials(experiment: str, ended: set[str]) -> list[str]:
-    """Mark TERMINATED, in Tune's newest saved state, the trials with these Tune ids; returns those it changed."""
-    fs, newest, state = newest_saved_state(experiment)
-    if not ended:
-        return []
-    settled = []
-    for entry in state["trial_data"]:
-        trial = json.loads(entry[0])
-        if trial["trial_id"] in ended and trial["status"] not in (Trial.TERMINATED, Trial.ERROR):
-            trial["status"] = Trial.TERMINATED
-            entry[0] = json.dumps(trial)
-            settled.append(trial["trial_id"])
-    if settled:
-        save_state(fs, newest, state)
-    return settled
-
-
-def mark_lost_checkpoints(experiment: str, errored: bool = False) -> list[str]:
-    """Make an empty directory for each lost checkpoint that Tune would resume an unfinished trial from; returns them.
-
-    Tune keeps one checkpoint per trial (num_to_keep=1): registering a trial's epoch N+1 deletes
-    epoch N's at once, while the experiment state that names epoch N's is saved only every ten
-    seconds or more. A driver killed in between leaves a saved state naming a deleted checkpoint,
-    and Tune would fail to restore that trial ("does not exist on storage anymore") until its
-    retries ran out: a FAIL. Found empty, the checkpoint is "not there" to the trial's run, which
-    restarts from epoch 0 and says so (trainable.run_recipe), as for a damaged one.
-    """
-    from ray.tune.trainable.metadata import _TrainingRunMetadata  # Tune's own reader of the saved metadata
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(experiment)
-    made = []
-    for trial_json, metadata_json in newest_saved_state(experiment)[2]["trial_data"]:
-        trial = json.loads(trial_json)
-        ended = (Trial.TERMINATED,) if errored else (Trial.TERMINATED, Trial.ERROR)  # errored: resumed too
-        if trial["status"] in ended or not trial.get("relative_logdir"):
-            continue
-        manager = _TrainingRunMetadata.from_json_state(metadata_json).checkpoint_manager
-        latest = manager.latest_checkpoint_result if manager is not None else None
-        if latest is None or latest.checkpoint is None:
-            continue
-        # Where the trial's directory is now (a moved results folder is found again by Tune too).
-        path = f"{root}/{trial['relative_logdir']}/{latest.checkpoint.path.rstrip('/').rsplit('/', 1)[-1]}"
-        if fs.get_file_info(path).type == pyarrow.fs.FileType.NotFound:
-            fs.create_dir(path)
-            made.append(path)
-    return made
-
-
-def set_aside_session(fs: pyarrow.fs.FileSystem, root: str, state_file: str) -> None:
-    """Rename (*.damaged) every file one driver session of Tune saved, so that Tune resumes from the session before.
-
-    Tune would otherwise fail to read the state and silently start the experiment over, sampling
-    every trial again beside the ones Optuna holds. The searcher squares the older state with Optuna.
-    """
-    session = state_file.rsplit("experiment_state-", 1)[1].removesuffix(".json")
-    for info in fs.get_file_info(pyarrow.fs.FileSelector(root)):
-        if info.base_name.endswith((f"-{session}.json", f"-{session}.pkl")):
-            fs.move(info.path, f"{info.path}.damaged")
-
-
 def storage_filesystem(storage: str) -> pyarrow.fs.FileSystem | None:
     """On a local disk, Tune's files are written whole (search.storage); a URI (s3://...) keeps its own file system."""
     return None if "://" in storage else whole_files()
 
 
 def search(p: Plan, gpus: int, stop: Stop) -> None:
+    """The search: the trials the record says are left (search.resume), then new ones up to the study's `trials`."""
     spec, paths = p.spec, p.paths
-    experiment = f"{p.storage}/tune"
+    experiment, record = f"{p.storage}/tune", CheckpointRecord(paths, p.storage)
+    searcher = StudySearcher(spec, optuna.storages.RDBStorage(paths.storage_url))
+    study = searcher.study
+    unfinished, new = search_left(study, spec.trials)
+    if not unfinished and not new:
+        sweep(experiment)  # the search had ended: nothing of it will be continued
+        record.drop("tune")
+        return
+    checkpoints = record.uris("tune")
+    if unfinished and p.resume:
+        print(f"search: {resumed_line(unfinished, checkpoints, study)}, then {new} new")
     trainable = tune.with_resources(
         tune.with_parameters(run_recipe, base=base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus),
-                             threads=spec.trial_threads()),
+                             threads=spec.trial_threads(), checkpoints=checkpoints),
         resources(spec, gpus),
     )
-    if p.resume and restorable(experiment):
-        settle_ended_trials(experiment, open_study(paths, spec))
-        mark_lost_checkpoints(experiment)
-        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False,
-                                   storage_filesystem=storage_filesystem(p.storage))
-    elif p.resume and paths.optuna_db.exists() and open_study(paths, spec).trials:
-        raise RecipeError(f"{experiment}: no Ray Tune state of this study there (was it started with another "
-                          f"--storage?); resume with the same --storage, or remove {paths.root} to start over")
-    else:
-        searcher = StudySearcher(spec, optuna.storages.RDBStorage(paths.storage_url))
-        tuner = tune.Tuner(
-            trainable,
-            tune_config=tune.TuneConfig(
-                search_alg=searcher,
-                scheduler=StudyASHA(time_attr="epoch", metric=spec.metric, mode=spec.mode, max_t=spec.asha.horizon,
-                                        grace_period=spec.asha.grace_period,
-                                        reduction_factor=spec.asha.reduction_factor),
-                num_samples=spec.trials,
-                max_concurrent_trials=concurrency(spec, gpus),
-                reuse_actors=True,  # no new worker process (and torch import) per trial
-            ),
-            run_config=run_config(p, "tune", [FailureReasons(searcher), LiveView(searcher, spec),
-                                              DropEndedCheckpoints(errored=True)]),
-        )
+    planned = len(unfinished) + new
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=StudyASHA(spec, study),
+            num_samples=planned,
+            max_concurrent_trials=concurrency(spec, gpus),
+            reuse_actors=True,  # no new worker process (and torch import) per trial
+        ),
+        run_config=run_config(p, "tune", [FailureReasons(searcher), LiveView(searcher, spec),
+                                          KeepLatestCheckpoint(record, "tune", errored=True)]),
+    )
     with stop.graceful():
         results = tuner.fit()
-    if results.num_terminated + results.num_errors < spec.trials:
-        raise KeyboardInterrupt  # Tune stopped early on a signal from elsewhere (SIGUSR1, its own), its state saved
+    if results.num_terminated + results.num_errors < planned:
+        raise KeyboardInterrupt  # Tune stopped early on a signal from elsewhere (SIGUSR1, its own)
+    sweep(experiment)
+    record.drop("tune")
 
 
-def restore_or_new(experiment: str, p: Plan, trainable: Any, errored: bool, new: Callable[[], tune.Tuner]) -> tune.Tuner:
-    """A later phase of a resumed study (re-validation, final runs) as Tune left it, or a new one.
+def resumed_line(unfinished: list[int], checkpoints: dict[str, str], study: optuna.Study) -> str:
+    """What a resumed search does with the trials that had not ended, in words."""
+    def trials(numbers: list[int]) -> str:
+        return f"trial{'s' * (len(numbers) != 1)} {', '.join(map(str, numbers))}"
 
-    `errored`: trials that failed for good are tried again (their checkpoints were kept or are marked lost).
-    """
-    if p.resume and restorable(experiment):
-        mark_lost_checkpoints(experiment, errored=errored)
-        if errored:
-            give_failed_trials_their_retries(experiment)
-        return tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=errored,
-                                  storage_filesystem=storage_filesystem(p.storage))
-    return new()
+    going = [n for n in unfinished if str(n) in checkpoints]
+    again = [n for n in unfinished if str(n) not in checkpoints and study.trials[n].intermediate_values]
+    waiting = [n for n in unfinished if n not in going and n not in again]
+    one = len(going) == 1
+    parts = [f"{trials(going)} go{'es' * one} on from {'its' if one else 'their'} last checkpoint{'s' * (not one)}"
+             if going else "",
+             f"{trials(again)} start{'s' * (len(again) == 1)} again from epoch 0 (no checkpoint recorded)" if again else "",
+             f"{trials(waiting)} had not begun" if waiting else ""]
+    return "; ".join(part for part in parts if part)
 
 
 def run_config(p: Plan, name: str, callbacks: list, sync_artifacts: bool = False) -> tune.RunConfig:
@@ -548,9 +165,8 @@ def rerun_record(config: dict[str, Any], metrics: dict[str, Any] | None, error: 
 class RerunLog(tune.Callback):
     """Adds each re-validation run to revalidation.json as it ends, before the study has chosen.
 
-    Tune saves its experiment state only every few seconds: a driver killed after a re-run ended but
-    before the next save would have Tune run it again from epoch 0 (its checkpoint dropped at its end).
-    This record, written as each re-run ends, is what a resumed study takes as ended (settle_trials).
+    This record, written as each re-run ends, is what a resumed study takes as ended (resume.reruns_left);
+    a re-run tried again (it had failed) replaces its entry.
     """
 
     def __init__(self, path: str, spec: StudySpec) -> None:
@@ -564,7 +180,7 @@ class RerunLog(tune.Callback):
 
     def _add(self, trial: Any, error: BaseException | str | None) -> None:
         record = rerun_record(trial.config, trial.last_result, error, self.spec) | {"ray_trial_id": trial.trial_id}
-        runs = [r for r in logged_reruns(self.path) if r["ray_trial_id"] != trial.trial_id]
+        runs = [r for r in logged_reruns(self.path) if r["trial_id"] != record["trial_id"]]
         write_json(self.path, {"runs": [*runs, record]})
 
 
@@ -587,111 +203,104 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study, stop: Stop) -> dict[str,
     spec, paths = p.spec, p.paths
     if spec.selection.revalidate_top == 0:
         return None
-    done = load_revalidation(paths)
-    if done is not None:
-        return done
     top = top_trials(study, spec.mode, spec.selection.revalidate_top)
+    done = load_revalidation(paths)
+    if done is not None and [r["trial_id"] for r in done["trials"]] == [t.number for t in top]:
+        return done  # else an extended study has new top trials: they are re-validated too
     if not top:
         return None
     seed = spec.revalidation_seed()
+    experiment, log = f"{p.storage}/revalidate-tune", str(paths.revalidation)
+    record = CheckpointRecord(paths, p.storage)
     trainable = tune.with_resources(
         tune.with_parameters(run_recipe, base=base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus),
-                             threads=spec.trial_threads(),
+                             threads=spec.trial_threads(), checkpoints=record.uris("revalidate-tune"),
                              settings={t.number: {k: t.params[k] for k in SEARCHED} for t in top}),
         resources(spec, gpus),
     )
     print(f"re-validation: the {len(top)} best complete trial{'s' * (len(top) != 1)} ("
           f"{', '.join(str(t.number) for t in top)}) again for {spec.asha.horizon} epochs with seed {seed}; "
           f"the best mean wins")
-    experiment, log = f"{p.storage}/revalidate-tune", str(paths.revalidation)
-    if p.resume and restorable(experiment):
-        # Re-runs that ended with a result are not run again; one that failed is tried again.
-        settle_trials(experiment, {r["ray_trial_id"] for r in logged_reruns(log) if r["status"] != "failed"})
-    tuner = restore_or_new(experiment, p, trainable, errored=True, new=lambda: tune.Tuner(
-        trainable,
-        param_space={"trial_id": tune.grid_search([t.number for t in top]), "seed": seed},
-        # No max_concurrent_trials: the resources alone decide how many run at once. With a limit Tune makes a
-        # re-run only once one ends, and a study killed after a re-run ended but before Tune's searcher state said
-        # so would resume to a searcher that waits, forever, for that re-run to end.
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),
-        run_config=run_config(p, "revalidate-tune", [
-            RerunLog(log, spec), RevalidationView({t.number: t.value for t in top}, spec.metric, spec.asha.horizon),
-            DropEndedCheckpoints(errored=True)]),
-    ))
-    with stop.graceful():  # a stop: KeyboardInterrupt, Tune's state saved
-        results = tuner.fit()
-    runs = {r["ray_trial_id"]: r for r in logged_reruns(log)}
-    for r in results:  # every one is logged as it ends; Tune's record is the fallback
-        trial_id = (r.metrics or {}).get("trial_id")
-        if trial_id not in runs:
-            runs[trial_id] = rerun_record(r.config, r.metrics, r.error, spec)
+    left = reruns_left([t.number for t in top], logged_reruns(log))
+    if left:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"trial_id": tune.grid_search(left), "seed": seed},
+            tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),  # the resources decide how many at once
+            run_config=run_config(p, "revalidate-tune", [
+                RerunLog(log, spec), RevalidationView({t.number: t.value for t in top}, spec.metric, spec.asha.horizon),
+                KeepLatestCheckpoint(record, "revalidate-tune", errored=True)]),
+        )
+        with stop.graceful():  # a stop: KeyboardInterrupt
+            results = tuner.fit()
+    else:
+        results = []
+    runs = {r["trial_id"]: r for r in logged_reruns(log) if r["trial_id"] in [t.number for t in top]}
+    for r in results:  # every one is logged as it ends; Tune's result is the fallback
+        if int(r.config["trial_id"]) not in runs:
+            runs[int(r.config["trial_id"])] = rerun_record(r.config, r.metrics, r.error, spec)
     order = [t.number for t in top]
-    record = revalidation_record(study, spec, sorted(runs.values(), key=lambda r: order.index(r["trial_id"])))
-    write_json(paths.revalidation, record)
-    return record
+    chosen = revalidation_record(study, spec, sorted(runs.values(), key=lambda r: order.index(r["trial_id"])))
+    write_json(paths.revalidation, chosen)
+    sweep(experiment)
+    record.drop("revalidate-tune")
+    return chosen
 
 
 def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str, Any]:
     """The full recipe with the chosen settings, once per seed, side by side (a GPU each), under Tune for its retries.
 
-    Each run's directory is final/seed-<s>/; final/summary.json sums them up (results.final_summary).
+    Each run's directory is final/seed-<s>/; final/summary.json sums them up (results.final_summary). It is written
+    first as the stage starts, so that a resumed study runs the same seeds whatever GPUs it has then.
     """
     spec, paths = p.spec, p.paths
     local = p.address is None
     config = best["final_config"]
-    trainable = tune.with_resources(
-        tune.with_parameters(run_recipe, base=base_config(config, gpus), threads=spec.trial_threads(),
-                             out_dir=str(paths.final) if local else None, final=True),
-        resources(spec, gpus, final=True),
-    )
-    experiment = f"{p.storage}/final-tune"
-    seeds = (saved_seeds(experiment, spec.seed) if p.resume else None) or spec.final_seeds(gpus)
-    tuner = restore_or_new(experiment, p, trainable, errored=True, new=lambda: tune.Tuner(
-        trainable,
-        param_space={**best["params"], "seed": tune.grid_search(seeds)},
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),  # more seeds than GPUs: no new worker each
-        # On a cluster a run may land on another node: its files travel with Tune's sync.
-        run_config=run_config(p, "final-tune", [FinalView(config["epochs"], len(seeds) > 1),
-                                                DropEndedCheckpoints(errored=False)], sync_artifacts=not local),
-    ))
+    started = load_final_summary(paths)
+    seeds = started["seeds"] if started else spec.final_seeds(gpus)
+    if not started:
+        write_json(paths.final / "summary.json", final_summary(paths, seeds))
+    experiment, record = f"{p.storage}/final-tune", CheckpointRecord(paths, p.storage)
+    left = final_seeds_left(paths, seeds)
     where = paths.final_run(seeds[0]) if len(seeds) == 1 else f"{paths.final}/seed-{{{','.join(map(str, seeds))}}}"
     print(f"final run{'s' * (len(seeds) > 1)}: {config['epochs']} epochs with {settings(best['params'])}"
           f"{f', seeds {seeds[0]} to {seeds[-1]}, side by side' if len(seeds) > 1 else ''} -> {where}")
-    with stop.graceful():  # a stop: KeyboardInterrupt, Tune's state saved
-        results = tuner.fit()
+    results = []
+    if left:
+        trainable = tune.with_resources(
+            tune.with_parameters(run_recipe, base=base_config(config, gpus), threads=spec.trial_threads(),
+                                 out_dir=str(paths.final) if local else None, final=True,
+                                 checkpoints=record.uris("final-tune")),
+            resources(spec, gpus, final=True),
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space={**best["params"], "seed": tune.grid_search(left)},
+            tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),  # more seeds than GPUs: no new worker each
+            # On a cluster a run may land on another node: its files travel with Tune's sync. A run that fails for
+            # good keeps its checkpoint: --resume tries it again from there.
+            run_config=run_config(p, "final-tune", [FinalView(config["epochs"], len(seeds) > 1),
+                                                    KeepLatestCheckpoint(record, "final-tune", errored=False)],
+                                  sync_artifacts=not local),
+        )
+        with stop.graceful():  # a stop: KeyboardInterrupt
+            results = tuner.fit()
     errors = [r for r in results if r.error is not None]
-
-    def seed_of(result: Any) -> int:  # a final run saved before final runs had seeds ran with the study's
-        return int(result.config.get("seed", spec.seed))
-
     if not local:
         for r in results:
             if r.error is None:
-                target = paths.final_run(seed_of(r))
+                target = paths.final_run(int(r.config["seed"]))
                 if target.exists():
                     shutil.rmtree(target)
                 pyarrow.fs.copy_files(f"{r.path}/{RUN_DIR}", str(target), source_filesystem=r.filesystem)
-    for r in results:
-        if r.error is None:  # ended for good: nothing of it will be resumed (a failed one keeps its checkpoint)
-            drop_every_checkpoint(r)
-    summary = final_summary(paths, seeds, failed={seed_of(r) for r in errors})
+    summary = final_summary(paths, seeds, failed={int(r.config["seed"]) for r in errors})
     write_json(paths.final / "summary.json", summary)
     if errors:
         e = errors[0]
-        raise FinalRunFailed(f"the final run with seed {seed_of(e)} failed after "
+        raise FinalRunFailed(f"the final run with seed {e.config['seed']} failed after "
                              f"{spec.resources.max_failures + 1} attempts: {str(e.error).strip().splitlines()[-1]}")
+    sweep(experiment)  # nothing of the final stage will be continued
     return summary
-
-
-def saved_seeds(experiment: str, study_seed: int) -> list[int] | None:
-    """The seeds of a final-runs experiment Tune saved (a resumed study keeps them, whatever GPUs it has now).
-
-    A final run saved before final runs had seeds has none in its config: it runs with the study's seed.
-    """
-    if not restorable(experiment):
-        return None
-    trials = [json.loads(entry[0]) for entry in newest_saved_state(experiment)[2]["trial_data"]]
-    return sorted(int(t["config"].get("seed", study_seed)) for t in trials) or None
 
 
 def revalidation_line(record: dict[str, Any], spec: StudySpec) -> str:
@@ -747,6 +356,7 @@ def run(p: Plan, stop: Stop) -> int:
         paths.root.mkdir(parents=True, exist_ok=True)
         if not p.resume:
             write_json(paths.spec, p.spec_record())
+        grew = p.resume and extend(paths, spec.trials)
         where = f"{gpus} GPU{'s' * (gpus != 1)}, {spec.resources.trials_per_gpu} trials each" if gpus else "CPU only"
         print(f"study {spec.name!r}: {spec.trials} trials, horizon {spec.asha.horizon} epochs, ASHA rungs at "
               f"{spec.rungs()}, {where}, up to {concurrency(spec, gpus)} at a time")
@@ -756,6 +366,7 @@ def run(p: Plan, stop: Stop) -> int:
         fail_running(study, "the search ended without a result for this trial")
         write_trials(paths, spec, study)  # the search's record; until best.json, a resume continues re-validation
         revalidation = revalidate(p, gpus, study, stop)
+        before = read_object(paths.best)["trial_id"] if paths.best.is_file() else None  # the choice so far
         best = write_results(paths, spec, study, revalidation)
         print(f"trials: {paths.trials_csv}")
         if best is None:
@@ -767,6 +378,13 @@ def run(p: Plan, stop: Stop) -> int:
         mean = f" (mean {best['mean_value']:.4f} over {len(best['values'])} runs)" if best["revalidated"] else ""
         print(f"best: trial {best['trial_id']}, {spec.metric} {best['value']:.4f}{mean}, {settings(best['params'])} "
               f"-> {paths.best}")
+        if before is not None and before != best["trial_id"]:  # an extended study chose another trial
+            print(f"the choice changed from trial {before}: the final runs train again with trial {best['trial_id']}'s "
+                  f"settings, in place of {paths.final}")
+            shutil.rmtree(paths.final, ignore_errors=True)
+            CheckpointRecord(paths, p.storage).drop("final-tune")
+        elif grew and before is not None:
+            print(f"trial {before} stays the choice: its final runs are not trained again")
         write_report(p)
         if not p.final:
             return 0

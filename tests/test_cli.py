@@ -558,7 +558,7 @@ def test_search_with_an_impossible_range_in_the_study_file_names_the_key(work, n
 
 def test_a_trial_that_needs_more_cpus_than_this_machines_ray_has_is_one_clear_error():
     from recipe.config import RecipeError
-    from search.tuning import check_trials_fit
+    from search.cluster import check_trials_fit
 
     spec = search_study.load("smoke")
     check_trials_fit(dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, cpus_per_trial=2)), 2)
@@ -671,11 +671,23 @@ def test_a_finished_study_run_again_at_a_terminal_is_not_offered_a_resume(work, 
 
 def test_a_resumed_study_keeps_its_settings(work, no_ray, capsys):
     a_study_in(work)
-    for given in (["--trials", "3"], ["--gpus", "0"], ["--data", "synthetic"], ["--final-seeds", "2"],
-                  ["--revalidate-top", "0"]):
+    for given in (["--gpus", "0"], ["--data", "synthetic"], ["--final-seeds", "2"], ["--revalidate-top", "0"]):
         result = call(search_run.main, ["--results-dir", str(work / "results"), "--study", "smoke", "--resume",
                                         *given], capsys)
         assert_usage_error(result, given[0], "keeps the settings it started with")
+
+
+def test_a_study_resumed_with_more_trials_is_extended_and_with_fewer_than_have_ended_is_one_line(work, no_ray, capsys):
+    root = a_study_in(work)
+    study = optuna.create_study(study_name="smoke", storage=f"sqlite:///{root / 'optuna.db'}")
+    for _ in range(3):
+        study.tell(study.ask(), 0.5)
+    study.ask()  # running when the driver stopped: it goes on
+    argv = ["--results-dir", str(work / "results"), "--study", "smoke", "--resume", "--trials"]
+    assert search_run.plan(search_run.parse_args([*argv, "5"])).spec.trials == 5
+    assert search_run.plan(search_run.parse_args([*argv, "3"])).spec.trials == 3
+    result = call(search_run.main, [*argv, "2"], capsys)
+    assert_usage_error(result, "--trials 2: study 'smoke' has 3 trials that ended", "ask for at least 3")
 
 
 class StoppedTuning:

@@ -95,7 +95,7 @@ def test_a_ray_at_or_above_the_floor_passes(no_ray, monkeypatch, version):
 def test_on_a_ray_without_token_authentication_joining_a_cluster_checks_only_that_it_answers(monkeypatch):
     from ray.exceptions import RpcError
 
-    from search import tuning
+    from search import cluster
 
     def no_token_check(*args, **kwargs):
         raise AssertionError("a token check on a Ray without token authentication")
@@ -103,10 +103,10 @@ def test_on_a_ray_without_token_authentication_joining_a_cluster_checks_only_tha
     def nobody_answers(address):
         raise RpcError("Timed out while waiting for GCS to become available.")
 
-    monkeypatch.setattr(tuning, "TOKEN_AUTH", False)
-    monkeypatch.setattr(tuning, "ensure_token_if_auth_enabled", no_token_check, raising=False)
-    monkeypatch.setattr(tuning, "get_authentication_mode", no_token_check, raising=False)
-    monkeypatch.setattr(tuning, "GcsClient", nobody_answers)
+    monkeypatch.setattr(cluster, "TOKEN_AUTH", False)
+    monkeypatch.setattr(cluster, "ensure_token_if_auth_enabled", no_token_check, raising=False)
+    monkeypatch.setattr(cluster, "get_authentication_mode", no_token_check, raising=False)
+    monkeypatch.setattr(cluster, "GcsClient", nobody_answers)
     with pytest.raises(RecipeError, match=r"^--address 10\.0\.0\.1:6379: no Ray cluster answers there \(Timed out "):
-        tuning.check_cluster_admits_driver("10.0.0.1:6379")
-    tuning.check_cluster_reaches_driver("10.0.0.1:6379")  # no probe: ray is not even initialised here
+        cluster.check_cluster_admits_driver("10.0.0.1:6379")
+    cluster.check_cluster_reaches_driver("10.0.0.1:6379")  # no probe: ray is not even initialised here

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from conftest import REPO, read_trials, run_study
 
-from search.tuning import TOKEN_AUTH
+from search.ray_private import TOKEN_AUTH
 
 TINY = str(REPO / "tests" / "studies" / "tiny.toml")
 

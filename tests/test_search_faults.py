@@ -34,29 +34,17 @@ from optuna.trial import TrialState
 
 from conftest import ONE_AT_A_TIME, REPO, process_tree, read_trials, run_study, tiny_config
 from recipe.config import SEARCHED
-from search.storage import whole_files
-from search.tuning import give_failed_trials_their_retries, mark_lost_checkpoints, settle_ended_trials
 
 STUDY = str(REPO / "tests" / "studies" / "tiny.toml")
 PLANNED = 5
 
 
-def saved_tune_trials(experiment: Path) -> list[tuple[dict, dict]]:
-    """(trial, runtime metadata) of each trial in Tune's newest saved experiment state; [] while it is being written."""
-    states = sorted(experiment.glob("experiment_state-*.json"))
-    if not states:
-        return []
+def recorded_checkpoints(root: Path) -> dict[str, str]:
+    """The search's checkpoints as the study's record holds them (checkpoints.json): trial number -> path."""
     try:
-        data = json.loads(states[-1].read_text())
+        return json.loads((root / "checkpoints.json").read_text()).get("tune", {})
     except (OSError, ValueError):
-        return []
-    return [(json.loads(trial), json.loads(meta)) for trial, meta in data["trial_data"]]
-
-
-def midway_with_checkpoint(experiment: Path) -> list[str]:
-    """Tune ids of the trials Tune's saved state would resume from a checkpoint."""
-    return [t["trial_id"] for t, meta in saved_tune_trials(experiment)
-            if t["status"] == "RUNNING" and (meta.get("last_result") or {}).get("checkpoint_dir_name")]
+        return {}
 
 
 def kill_tree(proc, seen: dict) -> None:
@@ -78,9 +66,15 @@ def clean_up(tree: list) -> None:
     psutil.wait_procs(alive, timeout=30)
 
 
-def tune_records(root: Path, ray_trial_id: str) -> list[dict]:
-    (trial_dir,) = root.glob(f"tune/*_{ray_trial_id}_*")
-    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+def tune_records(root: Path, number: int) -> list[dict]:
+    """Tune's records (result.json) of Optuna trial `number`, over all its Tune runs (a continued trial gets a new
+    Tune trial in each driver session), in the order they were written."""
+    runs = []
+    for path in root.glob("tune/*/result.json"):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        if records and records[0]["config"].get("trial_id") == number:
+            runs.append(records)
+    return [r for run in sorted(runs, key=lambda run: run[0]["timestamp"]) for r in run]
 
 
 def logged(root: Path, ray_trial_id: str) -> list[dict]:
@@ -140,8 +134,7 @@ def interrupted(tmp_path_factory):
     k["plain"] = run_study(args + ["--no-final"])
 
     # 2. SIGKILL once the trials the SIGTERM stopped midway have gone on (each ended or reported an epoch past
-    # the stop) and a trial is midway, with the checkpoint this session's saved state names.
-    state_before = sorted((root / "tune").glob("experiment_state-*.json"))[-1].name
+    # the stop) and a trial is midway, with a checkpoint of this session in the study's record.
     stopped_at = {t.number: max(t.intermediate_values) for t in k["after_stop"]
                   if t.state == TrialState.RUNNING and t.intermediate_values}
     seen: dict = {}
@@ -152,21 +145,23 @@ def interrupted(tmp_path_factory):
         trials = read_trials(db, "tiny")
         went_on = all(max((r["epoch"] for r in logged(root, t.user_attrs["ray_trial_id"])), default=0) > stopped_at[t.number]
                       for t in trials if t.number in stopped_at)
-        newest = sorted((root / "tune").glob("experiment_state-*.json"))[-1].name
-        if not (went_on and newest != state_before and midway_now(trials)):
+        if not (went_on and midway_now(trials)):
             return
         # Frozen, the driver can tell Optuna nothing and save no state: what it is killed with is what is seen.
         os.kill(proc.pid, signal.SIGSTOP)
         midway = midway_now(read_trials(db, "tiny"))
         if midway:
             seen["midway"] = midway
+            seen["numbers"] = {t.user_attrs["ray_trial_id"]: t.number for t in read_trials(db, "tiny")}
             kill_tree(proc, seen)
         else:  # a trial ended meanwhile
             os.kill(proc.pid, signal.SIGCONT)
 
     def midway_now(trials) -> list[str]:
-        running = {t.user_attrs.get("ray_trial_id") for t in trials if t.state == TrialState.RUNNING}
-        return [tid for tid in midway_with_checkpoint(root / "tune") if tid in running]
+        """Tune ids of the running trials whose recorded checkpoint is their own in this session."""
+        recorded = recorded_checkpoints(root)
+        return [t.user_attrs["ray_trial_id"] for t in trials if t.state == TrialState.RUNNING
+                and f"_{t.user_attrs.get('ray_trial_id')}_" in recorded.get(str(t.number), "")]
 
     k["stopped_at"] = stopped_at
     try:
@@ -174,12 +169,13 @@ def interrupted(tmp_path_factory):
     finally:
         clean_up(seen.get("tree", []))
     k["after_kill"] = read_trials(db, "tiny")
-    # Tune's experiment as the kill left it, for test_lost_checkpoints_of_unfinished_trials_are_marked.
+    # Tune's experiment as the kill left it, for test_trials_stopped_midway_go_on_from_their_checkpoints.
     k["left"] = tmp_path_factory.mktemp("left") / "tune"
     shutil.copytree(root / "tune", k["left"])
     # The checkpoints of the midway trials, truncated. The one Tune's saved state names may be gone already:
     # Tune deletes a trial's checkpoint as it registers the next, and saves its state only every few seconds.
     k["damaged"] = seen.get("midway", [])
+    k["numbers_at_kill"] = seen.get("numbers", {})
     for trial_id in k["damaged"]:
         for ckpt in root.glob(f"tune/*_{trial_id}_*/checkpoint_*/last.pt"):
             ckpt.write_bytes(ckpt.read_bytes()[:1000])
@@ -364,7 +360,7 @@ def test_trials_stopped_midway_go_on_from_their_checkpoints(interrupted):
     for t in k["after_kill"]:
         if t.number not in k["stopped_at"]:
             continue
-        records = tune_records(k["left"].parent, t.user_attrs["ray_trial_id"])
+        records = tune_records(k["left"].parent, t.number)
         epochs = [r["epoch"] for r in records]
         assert epochs == sorted(epochs) and sorted(set(epochs)) == list(range(1, max(epochs) + 1)), epochs
         assert max(epochs) > k["stopped_at"][t.number], epochs
@@ -376,11 +372,13 @@ def test_trials_stopped_midway_go_on_from_their_checkpoints(interrupted):
 
 
 def test_a_damaged_trial_checkpoint_restarts_that_trial_from_epoch_0_once(interrupted):
+    from search import trainable
+
     k = interrupted
     assert k["damaged"], "the driver was not killed with a trial midway: no checkpoint was damaged"
-    trials = {t.user_attrs["ray_trial_id"]: t for t in k["after_search"]}
+    trials = {t.number: t for t in k["after_search"]}
     for trial_id in k["damaged"]:
-        t = trials[trial_id]
+        t = trials[k["numbers_at_kill"][trial_id]]
         lines = [ln for ln in k["searched"].stdout.splitlines() if f"trial {t.number}: its checkpoint" in ln]
         assert len(lines) == 1, (t.number, t.state, t.user_attrs, k["killed"].stdout[-2000:], k["searched"].stdout[-3000:])
         (line,) = lines
@@ -388,26 +386,15 @@ def test_a_damaged_trial_checkpoint_restarts_that_trial_from_epoch_0_once(interr
         assert f"_{trial_id}_" in line and ("could not be used (not a readable checkpoint" in line
                                             or "could not be used (not there)" in line), line
         assert "restarted from epoch 0" in t.user_attrs["restarted"]
-        epochs = [r["epoch"] for r in tune_records(k["root"], trial_id)]
-        restarts = [i for i in range(1, len(epochs)) if epochs[i] <= epochs[i - 1] and epochs[i] == 1]
+        records = tune_records(k["root"], t.number)
+        epochs = [r["epoch"] for r in records]
+        # A restart shows where the epochs fall back to 1, or where the first result after it says so: a killed
+        # driver's Tune run of the trial may have left no records (Tune keeps them in a local staging directory
+        # until it syncs them to the storage, every few minutes and as the trial ends).
+        restarts = [i for i in range(len(epochs)) if trainable.RESTARTED in records[i]
+                    or (i and epochs[i] <= epochs[i - 1] and epochs[i] == 1)]
         assert len(restarts) == 1 and epochs[-1] == t.user_attrs["epochs"], epochs
     assert "crashed; retrying" not in k["searched"].stdout  # the damaged file was not tried again and again
-
-
-def test_lost_checkpoints_of_unfinished_trials_are_marked_so_their_trials_restart(interrupted):
-    left = interrupted["left"]  # Tune's experiment as the SIGKILL left it
-    unfinished = [t["trial_id"] for t, meta in saved_tune_trials(left)
-                  if t["status"] not in ("TERMINATED", "ERROR") and (meta.get("last_result") or {}).get("checkpoint_dir_name")]
-    assert unfinished
-    # Every checkpoint of those trials deleted, as Tune does to each trial's older ones between two saves of its state.
-    for trial_id in unfinished:
-        for checkpoint in left.glob(f"*_{trial_id}_*/checkpoint_*"):
-            shutil.rmtree(checkpoint)
-    made = [Path(p) for p in mark_lost_checkpoints(str(left))]
-    # An empty directory where Tune will look for each one's checkpoint; none for the trials that ended.
-    assert sorted(p.parent.name.split("_")[2] for p in made) == sorted(unfinished), made
-    assert all(p.name.startswith("checkpoint_") and p.is_dir() and not any(p.iterdir()) for p in made)
-    assert mark_lost_checkpoints(str(left)) == []
 
 
 def test_a_driver_killed_in_re_validation_resumes_it_without_running_an_ended_re_run_again(interrupted):
@@ -467,32 +454,102 @@ def test_a_second_driver_on_a_running_study_is_refused_with_one_line_and_writes_
     assert code == 0, err[-2000:]  # reading a running study is fine
 
 
-def test_settling_marks_trials_optuna_saw_end_as_terminated_and_sets_aside_a_cut_short_state(tmp_path):
-    experiment = tmp_path / "tune"
-    experiment.mkdir()
-    state = {"trial_data": [[json.dumps({"trial_id": tid, "status": "RUNNING"}), "{}"] for tid in ("a", "b")],
-             "runner_data": {}, "stats": {}}
-    (experiment / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
-    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", study_name="s")
-    for tid, ended in (("a", True), ("b", False)):
+def test_a_resumed_search_hands_out_its_unfinished_trials_first_then_samples_new_ones_that_repeat_none(tmp_path):
+    from search.resume import search_left
+    from search.searcher import StudySearcher
+    from search.study import load as load_study
+
+    spec = load_study(STUDY).replace(trials=5)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    searcher = StudySearcher(spec, storage)
+    before = [searcher.suggest(f"a{i}") for i in range(3)]  # the seed recipe (trial 0), then two sampled
+    searcher.on_trial_complete("a0", {"epoch": 3, "eval_acc": 0.3})
+    searcher.on_trial_result("a2", {"epoch": 1, "eval_acc": 0.1})
+    # The driver is killed with trials 1 and 2 running; the next one takes up the record.
+    resumed = StudySearcher(spec, storage)
+    study = resumed.study
+    assert search_left(study, spec.trials) == ([1, 2], 2)
+    after = [resumed.suggest(f"b{i}") for i in range(4)]
+    assert [a["trial_id"] for a in after] == [1, 2, 3, 4]
+    assert after[:2] == before[1:]  # the same trials, settings and all
+    assert study.trials[2].intermediate_values == {1: 0.1}
+    settings = [tuple(c[k] for k in SEARCHED) for c in before + after]
+    assert len(set(settings[3:])) == 4 and not set(settings[5:]) & set(settings[:3])  # none sampled again
+    assert resumed.tally() == {"complete": 1, "pruned": 0, "fail": 0}
+
+
+def test_asha_takes_its_rungs_from_the_record_and_judges_no_trial_twice_at_a_rung(tmp_path):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from search.asha import StudyASHA
+    from search.study import load as load_study
+
+    spec = load_study(STUDY)
+    spec = spec.replace(asha=dataclasses.replace(spec.asha, horizon=8))  # rungs at epochs 1, 2 and 4
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}", direction="maximize")
+    # The record: trial 0 passed rungs 1, 2 and 4; trial 1 was stopped at rung 1; trial 2 ran two epochs.
+    for values in ({1: 0.5, 2: 0.6, 3: 0.6, 4: 0.7}, {1: 0.1}, {1: 0.4, 2: 0.5}):
         trial = study.ask()
-        trial.set_user_attr("ray_trial_id", tid)
-        if ended:
-            study.tell(trial, state=TrialState.PRUNED)
-    # A later session's state, cut short by the kill: set aside, with that session's other files.
-    (experiment / "experiment_state-2026-01-02_00-00-00.json").write_text(json.dumps(state)[:50])
-    (experiment / "searcher-state-2026-01-02_00-00-00.pkl").write_bytes(b"...")
-    assert settle_ended_trials(str(experiment), study) == ["a"]
-    assert [(t["trial_id"], t["status"]) for t, _ in saved_tune_trials(experiment)] == [("a", "TERMINATED"),
-                                                                                          ("b", "RUNNING")]
-    assert sorted(p.name for p in experiment.glob("*.damaged")) == [
-        "experiment_state-2026-01-02_00-00-00.json.damaged", "searcher-state-2026-01-02_00-00-00.pkl.damaged"]
+        for epoch, value in values.items():
+            trial.report(value, epoch)
+    asha = StudyASHA(spec, study)
+
+    def result(number, epoch, acc):
+        return asha.on_trial_result(None, SimpleNamespace(config={"trial_id": number}), {"epoch": epoch, "eval_acc": acc})
+
+    # Trial 2 continued (or restarted from epoch 0): the rungs it had passed are not judged again, whatever it shows.
+    assert [result(2, epoch, 0.0) for epoch in (1, 2, 3)] == [asha.CONTINUE] * 3
+    assert result(2, 4, 0.65) == asha.STOP  # at rung 4, against the record's trial 0 (0.7)
+    # A new trial at rung 1 is judged against the record's three (cutoff 0.4), then against those and itself.
+    assert result(3, 1, 0.05) == asha.STOP
+    assert result(4, 1, 0.3) == asha.CONTINUE  # cutoff 0.25
+    assert result(4, 8, 0.9) == asha.STOP  # the horizon
 
 
-class FakeCheckpoint:
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-        self.filesystem = whole_files()  # Tune's, for a study on a local disk
+def test_each_runs_checkpoint_is_recorded_as_tune_reports_it_and_freed_once_nothing_continues_from_it(tmp_path):
+    from types import SimpleNamespace
+
+    from search.resume import CheckpointRecord, KeepLatestCheckpoint
+    from search.study import StudyPaths
+
+    paths = StudyPaths(tmp_path / "results" / "tiny")
+    paths.root.mkdir(parents=True)
+    storage = tmp_path / "storage" / "tiny"
+    record = CheckpointRecord(paths, str(storage))
+    keep = KeepLatestCheckpoint(record, "tune", errored=True)
+    trial = SimpleNamespace(config={"trial_id": 3})
+
+    def reported(tune_trial: str, n: int) -> SimpleNamespace:
+        path = storage / "tune" / tune_trial / f"checkpoint_{n:06d}"
+        path.mkdir(parents=True)
+        return SimpleNamespace(path=str(path))
+
+    first = reported("run_recipe_aaaa_00000_0", 1)
+    keep.on_checkpoint(0, [], trial, first)
+    assert record.uris("tune") == {"3": first.path}
+    # The driver stopped; the next one's Tune run of trial 3 goes on from it and reports its next checkpoint.
+    second = reported("run_recipe_bbbb_00000_0", 2)
+    keep.on_checkpoint(0, [], trial, second)
+    assert json.loads((paths.root / "checkpoints.json").read_text()) == {
+        "tune": {"3": "tune/run_recipe_bbbb_00000_0/checkpoint_000002"}}  # relative: a moved storage is found again
+    assert not Path(first.path).exists()  # nothing will continue from the earlier run's
+    keep.on_trial_complete(0, [], trial)
+    assert not Path(second.path).exists() and not (paths.root / "checkpoints.json").exists()
+
+
+def test_a_resumed_re_validation_and_final_stage_run_only_what_their_records_do_not_hold_as_ended(tmp_path):
+    from search.resume import final_seeds_left, reruns_left
+    from search.study import StudyPaths
+
+    logged = [{"trial_id": 1, "status": "completed"}, {"trial_id": 2, "status": "failed"},
+              {"trial_id": 5, "status": "diverged"}]
+    assert reruns_left([4, 1, 2, 5], logged) == [4, 2]  # a failed re-run again, with its retries: a new Tune run
+    paths = StudyPaths(tmp_path / "tiny")
+    for seed, status in ((0, "completed"), (1, "interrupted"), (3, "diverged")):
+        paths.final_run(seed).mkdir(parents=True)
+        (paths.final_run(seed) / "summary.json").write_text(json.dumps({"status": status}))
+    assert final_seeds_left(paths, [0, 1, 2, 3]) == [1, 2]
 
 
 @pytest.mark.parametrize("content, why", [(b"PK\x03\x04 cut short", "not a readable checkpoint"),
@@ -501,17 +558,17 @@ def test_a_trial_whose_checkpoint_is_truncated_or_lost_restarts_from_epoch_0_and
                                                                                           content, why):
     from search import trainable
 
-    tune_copy = tmp_path / "tune" / "checkpoint_000001"
-    tune_copy.mkdir(parents=True)  # a lost one: the empty directory tuning.mark_lost_checkpoints leaves
-    if content is not None:
+    tune_copy = tmp_path / "tune" / "run_recipe_aaaa_00000_0" / "checkpoint_000001"  # as the study's record names it
+    if content is not None:  # else lost: deleted by Tune, or by a full disk's cleaner
+        tune_copy.mkdir(parents=True)
         (tune_copy / "last.pt").write_bytes(content)
     reports = []
-    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: FakeCheckpoint(tune_copy))
+    monkeypatch.setattr(trainable.tune, "get_checkpoint", lambda: None)  # a new Tune run of a resumed study
     monkeypatch.setattr(trainable.tune, "report", lambda metrics, checkpoint=None: reports.append(metrics))
     monkeypatch.chdir(tmp_path)
     config = tiny_config(epochs=2).to_dict()
-    params = {k: config.pop(k) for k in SEARCHED}
-    trainable.run_recipe(params, base=config, threads=1)
+    params = {k: config.pop(k) for k in SEARCHED} | {"trial_id": 3}
+    trainable.run_recipe(params, base=config, threads=1, checkpoints={"3": str(tune_copy)})
     assert [r["epoch"] for r in reports] == [1, 2]
     said = reports[0][trainable.RESTARTED]
     assert said.startswith(f"its checkpoint {tune_copy}/last.pt could not be used ({why}")
@@ -539,54 +596,6 @@ def test_a_study_lock_is_held_for_its_drivers_life_and_freed_when_it_is_killed(t
     lock.check_free(root, "s")
     os.close(lock.take(root, "s"))
     assert (root / "driver.lock").read_text().strip() == str(os.getpid())
-
-
-def test_asha_does_not_judge_again_the_epochs_a_resumed_trial_runs_again_nor_the_rungs_it_passed():
-    import math
-    from types import SimpleNamespace
-
-    from search.tuning import StudyASHA
-
-    asha = StudyASHA(time_attr="epoch", metric="eval_acc", mode="max", max_t=8, grace_period=1, reduction_factor=2)
-    # After a resume: ASHA (rungs at epochs 1, 2, 4) has seen nothing; Tune's record says where each trial was.
-    trials = {name: SimpleNamespace(trial_id=name, last_result=last) for name, last in
-              (("leader", {}), ("restarted", {"epoch": 2, "eval_acc": 0.1}), ("newcomer", {}),
-               ("resumed", {"epoch": 2, "eval_acc": 0.1}))}
-    for trial in trials.values():
-        asha.on_trial_add(None, trial)
-
-    def result(name, epoch, acc):
-        return asha.on_trial_result(None, trials[name], {"epoch": epoch, "eval_acc": acc})
-
-    for epoch in (1, 2, 3, 4):
-        assert result("leader", epoch, 0.9) == asha.CONTINUE
-    # Epochs 1 and 2 again, from epoch 0: judged before (it went on past them then), not again.
-    assert result("restarted", 1, 0.0) == asha.CONTINUE and result("restarted", 2, 0.0) == asha.CONTINUE
-    # A new trial as poor at epoch 1 is stopped there.
-    assert result("newcomer", 1, 0.0) == asha.STOP
-    # A trial resumed after epoch 2 passed rungs 1 and 2: epoch 3 is not judged at either; epoch 4 is, at rung 4.
-    assert result("resumed", 3, 0.0) == asha.CONTINUE
-    assert result("resumed", 4, 0.0) == asha.STOP
-    rungs = dict(asha._trial_info["leader"]._rungs)
-    assert rungs[1]["leader"] == 0.9 and math.isnan(rungs[1]["resumed"]) and math.isnan(rungs[2]["resumed"])
-    assert rungs[4]["resumed"] == 0.0
-
-
-def test_a_failed_trial_resumed_with_its_retries_counts_no_failures(tmp_path):
-    experiment = tmp_path / "final-tune"
-    experiment.mkdir()
-    failed = {"num_failures": 2, "num_failures_after_restore": 0, "error_filename": "error.txt"}
-    state = {"trial_data": [[json.dumps({"trial_id": "a", "status": "ERROR"}), json.dumps(failed)],
-                            [json.dumps({"trial_id": "b", "status": "TERMINATED"}), json.dumps({"num_failures": 1})]],
-             "runner_data": {}, "stats": {}}
-    path = experiment / "experiment_state-2026-01-01_00-00-00.json"
-    path.write_text(json.dumps(state))
-    # Tune keeps the count across a restore: with max_failures=2 a trial resumed at 2 has no retry left.
-    assert give_failed_trials_their_retries(str(experiment)) == ["a"]
-    (a, meta_a), (b, meta_b) = [(json.loads(t), json.loads(m)) for t, m in json.loads(path.read_text())["trial_data"]]
-    assert meta_a["num_failures"] == meta_a["num_failures_after_restore"] == 0 and meta_a["error_filename"] == "error.txt"
-    assert meta_b["num_failures"] == 1  # a trial that ended well keeps its record
-    assert give_failed_trials_their_retries(str(experiment)) == []
 
 
 def test_a_new_study_refuses_tune_files_an_earlier_study_left_on_its_storage(tmp_path):

@@ -29,9 +29,9 @@ def run_epochs(searcher, trial_id, values, last_via_complete=True, **final):
 
 def test_the_seed_recipe_is_the_first_trial(setup):
     spec, searcher, reopen = setup
-    assert searcher.suggest("t0") == spec.seed_params()
+    assert searcher.suggest("t0") == spec.seed_params() | {"trial_id": 0}  # its Optuna number: the run's name
     assert reopen().trials[0].params == spec.seed_params()
-    assert searcher.suggest("t1") != spec.seed_params()
+    assert searcher.suggest("t1") != spec.seed_params() | {"trial_id": 1}
 
 
 def test_a_trial_that_ran_the_horizon_is_complete_with_every_epoch_recorded(setup):
@@ -76,7 +76,7 @@ def test_a_trial_that_diverges_ends_without_an_error_for_tune_to_retry_and_fails
     monkeypatch.setattr(trainable.tune, "report",
                         lambda metrics, checkpoint=None: reports.append((metrics, checkpoint)))
     monkeypatch.chdir(tmp_path)  # the trial's working directory
-    base = {k: v for k, v in spec.trial_config(params).to_dict().items() if k not in SEARCHED}
+    base = {k: v for k, v in spec.trial_config({k: params[k] for k in SEARCHED}).to_dict().items() if k not in SEARCHED}
     # An lr the toy network cannot take: its loss is not finite in epoch 1. The trainable returns (Tune retries a
     # trial only where it raises), after one report with no checkpoint (nothing worth resuming from).
     trainable.run_recipe({**params, "lr": 1e5}, base=base, threads=1)
@@ -114,33 +114,33 @@ def test_a_second_completion_of_a_trial_changes_nothing(setup):
     assert reopen().trials[0].value == 0.4
 
 
-def test_a_restored_searcher_hands_a_trial_tune_never_recorded_to_the_next_trial_tune_starts(setup, tmp_path):
-    _, searcher, reopen = setup
+def test_a_resumed_searcher_hands_out_a_trial_left_running_with_its_settings_before_any_new_one(setup):
+    from search.resume import search_left
+
+    spec, searcher, reopen = setup
     searcher.suggest("t0")
-    searcher.save(str(tmp_path / "state.pkl"))  # Tune's periodic save
-    lost = searcher.suggest("t1")  # asked after the save: the driver then dies
-    searcher.restore(str(tmp_path / "state.pkl"))
-    trials = reopen().trials
-    assert trials[0].state == TrialState.RUNNING  # Tune resumes it
-    assert trials[1].state == TrialState.WAITING  # never ran to an end: back in the queue, not a FAIL
-    assert searcher.suggest("t2") == lost  # Tune's next trial runs it, with the settings sampled for it
-    run_epochs(searcher, "t0", [0.1, 0.2, 0.3, 0.4])
-    run_epochs(searcher, "t2", [0.1, 0.2, 0.3, 0.4])
-    trials = reopen().trials
-    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
-    assert trials[1].user_attrs["ray_trial_id"] == "t2"
+    lost = searcher.suggest("t1")  # the driver then dies
+    resumed = StudySearcher(spec, searcher.study._storage)  # the next driver's, over the same optuna.db
+    assert search_left(resumed.study, spec.trials) == ([0, 1], spec.trials - 2)
+    assert [t.state for t in reopen().trials] == [TrialState.WAITING] * 2  # back in the queue, not a FAIL
+    resumed.suggest("t2")
+    assert resumed.suggest("t3") == lost  # with the settings sampled for it, and its number
+    run_epochs(resumed, "t3", [0.1, 0.2, 0.3, 0.4])
+    trial = reopen().trials[1]
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["ray_trial_id"] == "t3"
 
 
-def test_a_restored_searcher_counts_a_trial_optuna_saw_end_after_tunes_save_as_ended(setup, tmp_path):
-    _, searcher, reopen = setup
+def test_a_resumed_searcher_counts_the_trials_that_ended_and_hands_none_of_them_out_again(setup):
+    from search.resume import search_left
+
+    spec, searcher, reopen = setup
     searcher.suggest("t0")
-    searcher.on_trial_result("t0", {"epoch": 1, "eval_acc": 0.1})
-    searcher.save(str(tmp_path / "state.pkl"))
-    run_epochs(searcher, "t0", [0.1, 0.2], last_via_complete=False)  # stopped at a rung, after the save
-    searcher.restore(str(tmp_path / "state.pkl"))
-    assert searcher.tally() == {"complete": 0, "pruned": 1, "fail": 0}
-    searcher.on_trial_complete("t0", result={"epoch": 4, "eval_acc": 0.9})  # nothing changes it now
-    (trial,) = reopen().trials
+    run_epochs(searcher, "t0", [0.1, 0.2], last_via_complete=False)  # stopped at a rung
+    resumed = StudySearcher(spec, searcher.study._storage)
+    assert resumed.tally() == {"complete": 0, "pruned": 1, "fail": 0}
+    assert search_left(resumed.study, spec.trials) == ([], spec.trials - 1)
+    assert resumed.suggest("t1")["trial_id"] == 1
+    (trial, _) = reopen().trials
     assert trial.state == TrialState.PRUNED and trial.intermediate_values == {1: 0.1, 2: 0.2}
 
 
