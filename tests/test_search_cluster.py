@@ -184,7 +184,7 @@ def started():
         return sum(json.loads(line)["event"] == "start" for line in f)
 
 
-def trial(params, *, base, threads):
+def trial(params, *, base, threads, **more):  # as search.trainable.run_recipe is called
     import ray
     from ray import tune
 
