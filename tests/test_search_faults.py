@@ -442,6 +442,54 @@ def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(interr
     assert not list(k["root"].rglob("checkpoint_*"))  # nothing that will ever be resumed is kept
 
 
+@pytest.fixture(scope="module")
+def extended(interrupted, tmp_path_factory):
+    """A copy of the ended study, resumed with two trials more (--resume --trials 7): before, its record; after, the run."""
+    results = tmp_path_factory.mktemp("extended") / "results"
+    shutil.copytree(interrupted["root"].parent, results)
+    root = results / "tiny"
+    before = {"trials": read_trials(root / "optuna.db", "tiny"), "best": json.loads((root / "best.json").read_text()),
+              "revalidation": json.loads((root / "revalidation.json").read_text()),
+              "final": (root / "final" / "seed-0" / "summary.json").read_text()}
+    run = run_study(["--study", STUDY, "--results-dir", str(results), "--resume", "--trials", str(PLANNED + 2)])
+    return root, before, run
+
+
+def test_a_study_resumed_with_more_trials_runs_only_those_and_trains_its_final_run_again_only_if_the_choice_changed(
+        extended):
+    root, before, run = extended
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith(f"study 'tiny': {PLANNED + 2} trials, ")
+    trials = read_trials(root / "optuna.db", "tiny")
+    assert [t.number for t in trials] == list(range(PLANNED + 2)) and all(t.state.is_finished() for t in trials)
+    assert trials[:PLANNED] == before["trials"]  # the ended ones untouched, none run again
+    assert {n for n in range(PLANNED + 2) if f"trial {n} started" in run.stdout} == {PLANNED, PLANNED + 1}
+    # Sampled anew (TPE over the whole record, seeded apart from its earlier draws): no repeat of an earlier trial.
+    earlier = [t.params for t in before["trials"]]
+    assert all(t.params not in earlier for t in trials[PLANNED:]), [t.params for t in trials]
+    assert len((root / "trials.csv").read_text().strip().splitlines()) == 1 + PLANNED + 2
+    # Re-validation covers the top 2 of all 7; a top trial re-run before is not re-run.
+    record = json.loads((root / "revalidation.json").read_text())
+    complete = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=lambda t: (-t.value, t.number))
+    top = [t.number for t in complete[:2]]
+    assert [r["trial_id"] for r in record["trials"]] == top
+    rerun_before = {r["trial_id"] for r in before["revalidation"]["runs"]}
+    started = {n for n in top if f"re-validation of trial {n} (seed 1) started" in run.stdout}
+    assert started == set(top) - rerun_before, run.stdout[-3000:]
+    best = json.loads((root / "best.json").read_text())
+    assert best["trial_id"] == record["chosen"]
+    final = root / "final" / "seed-0"
+    if best["trial_id"] == before["best"]["trial_id"]:
+        assert f"trial {best['trial_id']} stays the choice: its final runs are not trained again" in run.stdout
+        assert "final epoch" not in run.stdout and (final / "summary.json").read_text() == before["final"]
+    else:
+        assert f"the choice changed from trial {before['best']['trial_id']}: the final runs train again" in run.stdout
+        summary = json.loads((final / "summary.json").read_text())
+        assert summary["status"] == "completed" and "final epoch 2/2" in run.stdout
+        assert {k: summary["config"][k] for k in best["params"]} == best["params"]
+    assert not list(root.rglob("checkpoint_*"))
+
+
 def test_a_second_driver_on_a_running_study_is_refused_with_one_line_and_writes_nothing(interrupted):
     k = interrupted
     assert k["others"], "the second driver was never seen holding the study"
