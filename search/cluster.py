@@ -139,14 +139,15 @@ def check_cluster_reaches_driver(address: str) -> None:
     try:
         ray.get(probe.ping.remote(), timeout=PROBE_TIMEOUT_S)
     except ActorDiedError:
+        # Not killed: Ray's core worker would log the cancelled creation from a thread of its own, at any moment
+        # until Ray shuts down (quietly, in start_ray), and the error would not be one line.
         raise RecipeError(f"--address {address}: this driver uses Ray's token authentication (RAY_AUTH_MODE=token) but "
                           "the cluster does not, so no trial could start there; unset RAY_AUTH_MODE, or restart the "
                           "cluster with RAY_AUTH_MODE=token") from None
     except GetTimeoutError:
         pass  # a busy cluster, not a refusal: Tune waits for it as it would
-    finally:
-        with quiet_stderr():  # Ray's core worker logs the cancelled creation of an actor that never ran
-            ray.kill(probe)
+    with quiet_stderr():  # Ray's core worker logs the cancelled creation of an actor that never ran
+        ray.kill(probe)
 
 
 def gpus_to_use(spec: StudySpec) -> int:
