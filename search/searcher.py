@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import warnings
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -28,11 +29,11 @@ from optuna.trial import TrialState
 from ray.tune import Callback
 from ray.tune.search import Searcher
 
-from recipe.checkpoint import is_disk_full
+from recipe.checkpoint import DiskFullError, is_disk_full
 from search.results import best_trial
 from search.resume import sampler_seed
 from search.study import StudySpec
-from search.trainable import DISK_FULL, RESTARTED
+from search.trainable import DISK_FULL, FULL_PATH, RESTARTED
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +58,14 @@ def reason_of(error: BaseException | str | None, attempts: int) -> str:
 
 
 class StudySearcher(Searcher):
-    def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage) -> None:
+    def __init__(self, spec: StudySpec, storage: optuna.storages.BaseStorage, tune_storage: str | None = None) -> None:
         """Over the study's Optuna study in `storage`: made (the seed recipe queued as its trial 0) or taken up.
 
         Its TPE sampler is seeded with the study's seed at the start, and apart from it after (resume.sampler_seed).
+        `tune_storage`: where Tune persists the trials' checkpoints, a local path (none for a URI): a trial that
+        finds it full stops the study (every trial would), rather than failing alone as on a disk of its own.
         """
+        self.tune_storage = tune_storage
         super().__init__(metric=spec.metric, mode=spec.mode)
         self.study = optuna.create_study(storage=storage, study_name=spec.name, pruner=optuna.pruners.NopPruner(),
                                          direction="maximize" if spec.mode == "max" else "minimize", load_if_exists=True)
@@ -124,6 +128,7 @@ class StudySearcher(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if result.get("status") == DISK_FULL:  # the last epoch's figures again, told already
+            self._stop_if_storage_full(result)
             return
         if trial_id in self.trials and trial_id not in self.told:
             if RESTARTED in result:  # a damaged checkpoint: the trial ran again from epoch 0
@@ -142,6 +147,7 @@ class StudySearcher(Searcher):
             self._finish(trial_id, TrialState.FAIL, None, epochs=0, reason="ended before its first epoch")
             return
         if result.get("status") == DISK_FULL:
+            self._stop_if_storage_full(result)
             self._finish(trial_id, TrialState.FAIL, None, epochs=epochs, reason=result.get("reason") or "disk full")
             return
         if RESTARTED in result:  # restarted and ended at its first epoch back (ASHA's stop skips on_trial_result)
@@ -154,6 +160,15 @@ class StudySearcher(Searcher):
             self._finish(trial_id, TrialState.COMPLETE, float(result[self.metric]), epochs=epochs)
         else:
             self._finish(trial_id, TrialState.PRUNED, None, epochs=epochs)
+
+    def _stop_if_storage_full(self, result: dict[str, Any]) -> None:
+        """The study stops (its trial left running, to continue on --resume) where the full disk is Tune's storage."""
+        full = result.get(FULL_PATH)
+        if self.tune_storage is None or not full:
+            return
+        storage = os.path.abspath(self.tune_storage)
+        if os.path.commonpath([storage, os.path.abspath(full)]) == storage:
+            raise DiskFullError(str(result.get("reason", "")).removeprefix("disk full: "), Path(full))
 
     def record_failure(self, trial_id: str, reason: str) -> None:
         pending = self._pending_failures.pop(trial_id, None)

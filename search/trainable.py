@@ -24,7 +24,7 @@ from typing import Any
 
 from ray import tune
 
-from recipe.checkpoint import CheckpointError, atomic_write, is_disk_full
+from recipe.checkpoint import CheckpointError, DiskFullError, atomic_write, is_disk_full
 from recipe.config import RecipeConfig
 from recipe.data import one_line
 
@@ -32,6 +32,7 @@ CHECKPOINT_FILE = "last.pt"
 RESTARTED = "restarted"  # result key of the first epoch after a restart from epoch 0: why
 RUN_DIR = "run"  # a trial's run directory, inside its Tune working directory
 DISK_FULL = "disk_full"  # the status of a trial's last result when it could not write for want of space
+FULL_PATH = "full_path"  # ... and the file it could not write, where the error named one
 
 
 def run_key(config: dict[str, Any]) -> str:
@@ -126,5 +127,16 @@ def run_recipe(params: dict[str, Any], *, base: dict[str, Any], threads: int, ou
         # failed, with this reason. The last epoch's figures again (Tune wants the metric in every
         # result; ASHA and Optuna have them already), or none if no epoch ended.
         tune.report({**(last_metrics or {"epoch": 0, "eval_acc": float("nan"), "eval_loss": float("nan")}),
-                     "status": DISK_FULL, "reason": f"disk full: {one_line(e)}"})
+                     "status": DISK_FULL, "reason": f"disk full: {one_line(e)}", FULL_PATH: unwritten(e)})
+
+
+def unwritten(error: BaseException | None) -> str | None:
+    """The file a disk-full error could not write, from whichever layer names it (None where none does)."""
+    while error is not None:
+        if isinstance(error, DiskFullError):
+            return str(error.path)
+        if isinstance(error, OSError) and error.filename:
+            return str(error.filename)
+        error = error.__cause__ or error.__context__
+    return None
 

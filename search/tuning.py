@@ -69,7 +69,8 @@ def search(p: Plan, gpus: int, stop: Stop) -> None:
     """The search: the trials the record says are left (search.resume), then new ones up to the study's `trials`."""
     spec, paths = p.spec, p.paths
     experiment, record = f"{p.storage}/tune", CheckpointRecord(paths, p.storage)
-    searcher = StudySearcher(spec, optuna.storages.RDBStorage(paths.storage_url))
+    searcher = StudySearcher(spec, optuna.storages.RDBStorage(paths.storage_url),
+                             tune_storage=None if "://" in p.storage else p.storage)
     study = searcher.study
     unfinished, new = search_left(study, spec.trials)
     if not unfinished and not new:

@@ -298,17 +298,18 @@ def test_a_trial_that_finds_its_disk_full_fails_with_that_reason_and_its_epochs_
 
     from search import study as studies
     from search.searcher import StudySearcher
-    from search.trainable import DISK_FULL
+    from search.trainable import DISK_FULL, FULL_PATH
 
     spec = studies.load(TINY_STUDY)
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
-    searcher = StudySearcher(spec, optuna.storages.RDBStorage(url))
+    searcher = StudySearcher(spec, optuna.storages.RDBStorage(url), tune_storage=str(tmp_path / "results" / "tiny"))
     searcher.suggest("t0")
     epoch1 = {"epoch": 1, "eval_acc": 0.25, "status": "running"}
     searcher.on_trial_result("t0", epoch1)
-    # What the trainable reports when train() raised DiskFullError: the last epoch's figures again, then it ends.
+    # What the trainable reports when train() raised DiskFullError on its own disk (a node's, not the study's
+    # storage): the last epoch's figures again, then it ends.
     reason = "disk full: /x/last.pt: no space left on device (0 bytes free there, 58.1 KiB needed: ...)"
-    ended = {**epoch1, "status": DISK_FULL, "reason": reason}
+    ended = {**epoch1, "status": DISK_FULL, "reason": reason, FULL_PATH: "/x/last.pt"}
     searcher.on_trial_result("t0", ended)
     searcher.on_trial_complete("t0", result=ended)
     (trial,) = optuna.load_study(study_name=spec.name, storage=url).trials
@@ -316,6 +317,43 @@ def test_a_trial_that_finds_its_disk_full_fails_with_that_reason_and_its_epochs_
     assert trial.user_attrs["reason"] == reason and trial.user_attrs["epochs"] == 1
     assert trial.intermediate_values == {1: 0.25}
     assert searcher.final_state("t0") == "fail" and searcher.failure_reason("t0") == reason
+
+
+def test_a_trial_that_finds_the_studys_storage_full_stops_the_study_and_stays_to_be_resumed(tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from recipe.checkpoint import DiskFullError
+    from search import study as studies
+    from search.searcher import StudySearcher
+    from search.trainable import DISK_FULL, FULL_PATH
+
+    spec = studies.load(TINY_STUDY)
+    url, storage = f"sqlite:///{tmp_path / 'optuna.db'}", tmp_path / "results" / "tiny"
+    searcher = StudySearcher(spec, optuna.storages.RDBStorage(url), tune_storage=str(storage))
+    searcher.suggest("t0")
+    epoch1 = {"epoch": 1, "eval_acc": 0.25, "status": "running"}
+    searcher.on_trial_result("t0", epoch1)
+    # Tune could not persist the trial's checkpoint onto the study's storage: every trial would meet that disk.
+    full = storage / "tune" / "trial_0" / "checkpoint_000001" / "last.pt"
+    said = f"{full}: no space left on device (0 bytes free there, 58.1 KiB needed: ...); nothing was written"
+    ended = {**epoch1, "status": DISK_FULL, "reason": f"disk full: {said}", FULL_PATH: str(full)}
+    with pytest.raises(DiskFullError) as stopped:
+        searcher.on_trial_result("t0", ended)
+    assert str(stopped.value) == said and stopped.value.path == full
+    (trial,) = optuna.load_study(study_name=spec.name, storage=url).trials
+    assert trial.state == TrialState.RUNNING  # not failed: --resume continues it from its last checkpoint
+    # The file the trainable names, from whichever layer of the error names it (pyarrow wraps Tune's copy).
+    from search.trainable import unwritten
+
+    try:
+        try:
+            raise DiskFullError(said, full)
+        except DiskFullError as e:
+            raise OSError("copying the checkpoint failed") from e
+    except OSError as wrapped:
+        assert unwritten(wrapped) == str(full)
+    assert unwritten(OSError(28, "No space left on device", "/y/z")) == "/y/z" and unwritten(RuntimeError()) is None
 
 
 def check_diverged_trials(trials: list, view: Path, stdout: str) -> None:
@@ -375,7 +413,7 @@ def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_and_resumes_o
     assert filled is not None, "the study ended before the disk could be filled"
     assert proc.returncode == 1, (proc.returncode, stderr[-3000:])
     line = stderr.strip().splitlines()[-1]
-    assert line.startswith("error: the study stopped: ") and " free there)" in line, stderr[-3000:]
+    assert line.startswith("error: the study stopped: ") and " free there" in line, stderr[-3000:]
     assert line.endswith(f"free space, then continue with: python -m search.run --study {study} "
                          f"--results-dir {results} --resume"), line
     # Nothing the study had written is damaged: its spec, and its Optuna study with the trials told so far.
