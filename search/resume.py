@@ -35,7 +35,7 @@ from ray import tune
 
 from recipe.checkpoint import write_json
 from search.record import note, read_run_record
-from search.study import FINISHED, StudyPaths, read_object
+from search.study import FINISHED, SEARCHED, StudyPaths, read_object
 from search.trainable import run_key
 
 CHECKPOINTS = "checkpoints.json"  # in results/<study>/
@@ -143,14 +143,27 @@ class KeepLatestCheckpoint(tune.Callback):
 def extend(paths: StudyPaths, trials: int) -> bool:
     """spec.json holds a resumed study's `trials` (--resume --trials N); True where that grew the study.
 
-    trials.csv, written when the search ends, goes until it has ended again.
+    trials.csv, written when the search ends, goes until it has ended again, and best.json until the study has
+    chosen again: until then it is not finished (a stop says --resume), whatever its final runs.
     """
     record = read_object(paths.spec)
     if record.get("trials") == trials:
         return False
     write_json(paths.spec, {**record, "trials": trials})
     paths.trials_csv.unlink(missing_ok=True)
+    paths.best.unlink(missing_ok=True)
     return True
+
+
+def final_settings(paths: StudyPaths) -> dict[str, Any] | None:
+    """The searched settings the final runs on disk were trained with (their config.json); None where none has one."""
+    for run in sorted(paths.final.glob("seed-*")):
+        try:
+            config = read_object(run / "config.json")
+        except (OSError, ValueError):  # not written yet, or damaged: the run's own resume deals with it
+            continue
+        return {k: config[k] for k in SEARCHED if k in config}
+    return None
 
 
 def search_left(study: optuna.Study, trials: int) -> tuple[list[int], int]:

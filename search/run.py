@@ -157,16 +157,18 @@ def edited_keys(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
 def extended(paths: StudyPaths, spec: StudySpec, trials: int) -> StudySpec:
     """The study resumed with `trials` in all (--resume --trials N): more are sampled with the same TPE history.
 
-    Fewer than the trials that have ended is bad input: nothing that ended is undone.
+    Fewer than the trials the study holds is bad input: nothing that ended is undone, and a trial stopped midway
+    goes on (the study would end with more trials than asked for).
     """
-    ended = 0
+    held, ended = 0, 0
     if paths.optuna_db.is_file():
         from search.results import open_study  # imports Optuna and pandas, here only
 
-        ended = sum(t.state.is_finished() for t in open_study(paths, spec).get_trials(deepcopy=False))
-    if trials < ended:
-        raise RecipeError(f"--trials {trials}: study {spec.name!r} has {ended} trials that ended; a resumed study can "
-                          f"run more trials, not fewer: ask for at least {ended}")
+        every = open_study(paths, spec).get_trials(deepcopy=False)
+        held, ended = len(every), sum(t.state.is_finished() for t in every)
+    if trials < held:
+        raise RecipeError(f"--trials {trials}: study {spec.name!r} holds {held} trials ({ended} ended, the others go on "
+                          f"when it resumes); a resumed study can run more trials, not fewer: ask for at least {held}")
     return spec.replace(trials=trials)
 
 

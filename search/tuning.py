@@ -27,12 +27,12 @@ from search.record import load_final_summary, load_revalidation
 from search.results import (final_line, final_summary, open_study, revalidation_record,
                             top_trials, write_results, write_trials)
 from search.asha import StudyASHA
-from search.resume import (CheckpointRecord, KeepLatestCheckpoint, extend, final_seeds_left,
+from search.resume import (CheckpointRecord, KeepLatestCheckpoint, extend, final_seeds_left, final_settings,
                            reruns_left, search_left, sweep)
 from search.searcher import FailureReasons, StudySearcher, error_of, fail_running, reason_of
 from search.stopping import Stop
 from search.storage import whole_files
-from search.study import SEARCHED, StudySpec, read_object
+from search.study import SEARCHED, StudySpec
 from search.trainable import DISK_FULL, RUN_DIR, run_recipe
 
 
@@ -98,12 +98,19 @@ def search(p: Plan, gpus: int, stop: Stop) -> None:
         run_config=run_config(p, "tune", [FailureReasons(searcher), LiveView(searcher, spec),
                                           KeepLatestCheckpoint(record, "tune", errored=True)]),
     )
+    fit(tuner, planned, stop)
+    sweep(experiment)
+    record.drop("tune")
+
+
+def fit(tuner: tune.Tuner, planned: int, stop: Stop) -> tune.ResultGrid:
+    """A phase's Tune run, each of its `planned` runs ended; a stop meanwhile (Tune's state saved) raises
+    KeyboardInterrupt, also one Tune took from elsewhere (SIGUSR1, its own): the phase is not done then."""
     with stop.graceful():
         results = tuner.fit()
     if results.num_terminated + results.num_errors < planned:
-        raise KeyboardInterrupt  # Tune stopped early on a signal from elsewhere (SIGUSR1, its own)
-    sweep(experiment)
-    record.drop("tune")
+        raise KeyboardInterrupt
+    return results
 
 
 def resumed_line(unfinished: list[int], checkpoints: dict[str, str], study: optuna.Study) -> str:
@@ -232,8 +239,7 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study, stop: Stop) -> dict[str,
                 RerunLog(log, spec), RevalidationView({t.number: t.value for t in top}, spec.metric, spec.asha.horizon),
                 KeepLatestCheckpoint(record, "revalidate-tune", errored=True)]),
         )
-        with stop.graceful():  # a stop: KeyboardInterrupt
-            results = tuner.fit()
+        results = fit(tuner, len(left), stop)
     else:
         results = []
     runs = {r["trial_id"]: r for r in logged_reruns(log) if r["trial_id"] in [t.number for t in top]}
@@ -284,8 +290,7 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str
                                                     KeepLatestCheckpoint(record, "final-tune", errored=False)],
                                   sync_artifacts=not local),
         )
-        with stop.graceful():  # a stop: KeyboardInterrupt
-            results = tuner.fit()
+        results = fit(tuner, len(left), stop)
     errors = [r for r in results if r.error is not None]
     if not local:
         for r in results:
@@ -367,7 +372,6 @@ def run(p: Plan, stop: Stop) -> int:
         fail_running(study, "the search ended without a result for this trial")
         write_trials(paths, spec, study)  # the search's record; until best.json, a resume continues re-validation
         revalidation = revalidate(p, gpus, study, stop)
-        before = read_object(paths.best)["trial_id"] if paths.best.is_file() else None  # the choice so far
         best = write_results(paths, spec, study, revalidation)
         print(f"trials: {paths.trials_csv}")
         if best is None:
@@ -379,13 +383,14 @@ def run(p: Plan, stop: Stop) -> int:
         mean = f" (mean {best['mean_value']:.4f} over {len(best['values'])} runs)" if best["revalidated"] else ""
         print(f"best: trial {best['trial_id']}, {spec.metric} {best['value']:.4f}{mean}, {settings(best['params'])} "
               f"-> {paths.best}")
-        if before is not None and before != best["trial_id"]:  # an extended study chose another trial
-            print(f"the choice changed from trial {before}: the final runs train again with trial {best['trial_id']}'s "
-                  f"settings, in place of {paths.final}")
+        trained = final_settings(paths)  # those of the choice before, where its final runs began
+        if trained is not None and trained != best["params"]:  # an extended study chose other settings
+            print(f"the choice changed to trial {best['trial_id']}: the final runs train again with its settings, in "
+                  f"place of {paths.final}")
             shutil.rmtree(paths.final, ignore_errors=True)
             CheckpointRecord(paths, p.storage).drop("final-tune")
-        elif grew and before is not None:
-            print(f"trial {before} stays the choice: its final runs are not trained again")
+        elif grew and trained is not None:
+            print(f"trial {best['trial_id']} stays the choice: its final runs are not trained again")
         write_report(p)
         if not p.final:
             return 0

@@ -685,9 +685,10 @@ def test_a_study_resumed_with_more_trials_is_extended_and_with_fewer_than_have_e
     study.ask()  # running when the driver stopped: it goes on
     argv = ["--results-dir", str(work / "results"), "--study", "smoke", "--resume", "--trials"]
     assert search_run.plan(search_run.parse_args([*argv, "5"])).spec.trials == 5
-    assert search_run.plan(search_run.parse_args([*argv, "3"])).spec.trials == 3
-    result = call(search_run.main, [*argv, "2"], capsys)
-    assert_usage_error(result, "--trials 2: study 'smoke' has 3 trials that ended", "ask for at least 3")
+    assert search_run.plan(search_run.parse_args([*argv, "4"])).spec.trials == 4
+    # The running trial goes on when the study resumes: 3 would end with 4.
+    result = call(search_run.main, [*argv, "3"], capsys)
+    assert_usage_error(result, "--trials 3: study 'smoke' holds 4 trials (3 ended, the others go on", "ask for at least 4")
 
 
 class StoppedTuning:

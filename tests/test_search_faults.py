@@ -483,11 +483,52 @@ def test_a_study_resumed_with_more_trials_runs_only_those_and_trains_its_final_r
         assert f"trial {best['trial_id']} stays the choice: its final runs are not trained again" in run.stdout
         assert "final epoch" not in run.stdout and (final / "summary.json").read_text() == before["final"]
     else:
-        assert f"the choice changed from trial {before['best']['trial_id']}: the final runs train again" in run.stdout
+        assert f"the choice changed to trial {best['trial_id']}: the final runs train again" in run.stdout
         summary = json.loads((final / "summary.json").read_text())
         assert summary["status"] == "completed" and "final epoch 2/2" in run.stdout
         assert {k: summary["config"][k] for k in best["params"]} == best["params"]
     assert not list(root.rglob("checkpoint_*"))
+
+
+def test_an_extended_study_is_unfinished_until_it_has_chosen_again_and_knows_what_its_final_runs_trained(tmp_path):
+    from search.resume import extend, final_settings
+    from search.run import study_state
+    from search.study import StudyPaths
+
+    from search.study import load as load_study
+
+    paths = StudyPaths(tmp_path / "tiny")
+    (paths.final / "seed-0").mkdir(parents=True)
+    paths.spec.write_text(json.dumps(load_study(STUDY).replace(trials=5).to_dict()))
+    paths.trials_csv.write_text("trial_id,state\n" + "".join(f"{n},complete\n" for n in range(5)))
+    paths.best.write_text(json.dumps({"trial_id": 0}))
+    assert final_settings(paths) is None  # a final run that has not written its config yet
+    settings = {"lr": 0.1, "weight_decay": 5e-4, "dropout": 0.2, "label_smoothing": 0.1}
+    (paths.final / "seed-0" / "config.json").write_text(json.dumps({**settings, "epochs": 2, "seed": 0}))
+    (paths.final / "summary.json").write_text(json.dumps({"status": "completed", "seeds": [0]}))
+    assert study_state(paths) == "finished" and final_settings(paths) == settings
+    assert not extend(paths, 5)  # the same count: nothing to extend
+    assert extend(paths, 7)
+    assert json.loads(paths.spec.read_text())["trials"] == 7 and study_state(paths) == "interrupted"
+    # The longer search ends (trials.csv again); a stop before the study has chosen again (in re-validation) is
+    # not "finished" by the final runs of the choice before: the hint is --resume, not the report.
+    paths.trials_csv.write_text("trial_id,state\n" + "".join(f"{n},complete\n" for n in range(7)))
+    assert study_state(paths) == "interrupted"
+    assert final_settings(paths) == settings  # what the final runs trained, to compare with the next choice
+
+
+def test_a_phase_that_tune_ended_before_its_runs_did_is_a_stop_not_a_phase_done():
+    from types import SimpleNamespace
+
+    from search.stopping import Stop
+    from search.tuning import fit
+
+    def tuner(ended: int, failed: int):  # what Tune's fit returns: stopped by a SIGUSR1 from elsewhere, or not
+        return SimpleNamespace(fit=lambda: SimpleNamespace(num_terminated=ended, num_errors=failed))
+
+    assert fit(tuner(2, 1), 3, Stop()).num_terminated == 2  # every run ended, one of them failing for good
+    with pytest.raises(KeyboardInterrupt):
+        fit(tuner(1, 1), 3, Stop())  # one still running: resumed later, not taken as done
 
 
 def test_a_second_driver_on_a_running_study_is_refused_with_one_line_and_writes_nothing(interrupted):

@@ -111,7 +111,11 @@ def test_a_stop_before_tune_listens_is_raised_at_once(stop):
             time.sleep(5)
 
 
-def test_a_run_of_tune_without_a_stop_goes_on(stop):
+def test_a_run_of_tune_without_a_stop_goes_on_and_gives_sigusr1_back(stop):
+    from search.stopping import interrupt
+
+    seen = []
     with stop.graceful():
-        pass
-    assert not stop.requested
+        seen.append(signal.getsignal(signal.SIGUSR1))  # until Tune's fit sets its own: a stop raises at once
+    assert not stop.requested and seen == [interrupt]
+    assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL  # the handler before is back
