@@ -28,12 +28,14 @@ def start_ray(p: Plan, stop: Stop) -> None:
         check_cluster_admits_driver(p.address)
         with stop.deferred():  # ray.init is not to be stopped halfway (search.stopping)
             ray.init(address=p.address, log_to_driver=False, logging_level="ERROR", **node_ip)
-        try:
-            check_cluster_reaches_driver(p.address)
-        except RecipeError:
-            with quiet_stderr():  # ... which it may do until it shuts down: the error stays one line
+        # Ray's core worker logs a refused probe from a thread of its own, at any moment from the refusal until Ray
+        # has shut down: stderr stays quiet from the probe's start to the shutdown, so that the error is one line.
+        with quiet_stderr():
+            try:
+                check_cluster_reaches_driver(p.address)
+            except RecipeError:
                 ray.shutdown()
-            raise
+                raise
     else:
         # address="local": a new Ray of our own, never one that RAY_ADDRESS or `ray start` left around.
         # Tune's trial actors carry a runtime_env (its env_vars), so Ray starts their worker processes afresh: the
@@ -139,15 +141,14 @@ def check_cluster_reaches_driver(address: str) -> None:
     try:
         ray.get(probe.ping.remote(), timeout=PROBE_TIMEOUT_S)
     except ActorDiedError:
-        # Not killed: Ray's core worker would log the cancelled creation from a thread of its own, at any moment
-        # until Ray shuts down (quietly, in start_ray), and the error would not be one line.
+        # Not killed: Ray's core worker would log the cancelled creation too (start_ray keeps stderr quiet until Ray
+        # has shut down).
         raise RecipeError(f"--address {address}: this driver uses Ray's token authentication (RAY_AUTH_MODE=token) but "
                           "the cluster does not, so no trial could start there; unset RAY_AUTH_MODE, or restart the "
                           "cluster with RAY_AUTH_MODE=token") from None
     except GetTimeoutError:
         pass  # a busy cluster, not a refusal: Tune waits for it as it would
-    with quiet_stderr():  # Ray's core worker logs the cancelled creation of an actor that never ran
-        ray.kill(probe)
+    ray.kill(probe)  # start_ray keeps stderr quiet: Ray's core worker logs the cancelled creation of one that never ran
 
 
 def gpus_to_use(spec: StudySpec) -> int:
