@@ -16,9 +16,10 @@ eager, the model step, evaluation, fast compiled in the mode likeliest to pay (r
 a GPU; on a CPU only the default mode: the others differ only on a GPU), 1, 2 and 4 processes
 training at once on one device (1 and 2 on a CPU) in the setup given (Ray's fractional-GPU trials),
 the other compile modes, the processes again under CUDA MPS where nvidia-cuda-mps-control exists
-(the bench starts and stops its own daemon), classic with the recipe's CUDA settings, and on a GPU
-last, fast compiled with max-autotune-no-cudagraphs (the longest to compile). On a CPU the
-recipe's CUDA settings are the seed's setup: that record is the seed style's, marked "same_as".
+(the bench starts and stops its own daemon), classic with the recipe's settings, and on a GPU
+last, fast compiled with max-autotune-no-cudagraphs (the longest to compile). Where the recipe's
+settings resolve to the seed's setup on the device (--amp and --channels-last off on a CPU), that
+record is the seed style's, marked "same_as".
 Every measurement is a record of the JSON report, with its setup; one that fails, runs out of time
 or is left when the suite's --budget is spent says so and the suite goes on. Under the table (and
 as "conclusions" in the JSON): what the figures decide, see conclusions().
@@ -434,7 +435,7 @@ def run_suite(config: RecipeConfig, steps: int, warmup: int, backend: str, timeo
     measured: dict[str, dict[str, Any]] = {}  # by what a measurement runs on this device
     for m in suite_plan(config, device, mps=mps_available(device)):
         runs = json.dumps([m.path, m.processes, m.mps, setup_of(m.setup, device)], sort_keys=True)
-        if runs in measured:  # on a CPU the recipe's CUDA settings are the seed's: measuring again measures noise
+        if runs in measured:  # e.g. the recipe's settings with --channels-last off on a CPU: again, it would measure noise
             log(f"{m.name}: the same setup as {measured[runs]['name']} on this device")
             records.append(measured[runs] | {"name": m.name, "same_as": measured[runs]["name"]})
             continue

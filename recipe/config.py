@@ -86,7 +86,7 @@ class RecipeConfig:
     pipeline: str = _f("fast", "'fast' (dataset on the device, batched augmentation) or 'classic' (DataLoader)")
     workers: int = _f(4, "DataLoader worker processes of the classic pipeline")
     amp: str = _f("auto", "autocast: 'auto' (bf16 on CUDA, off on CPU), 'bf16', 'fp16' (with a grad scaler) or 'off'")
-    channels_last: str = _f("auto", "channels_last memory format: 'auto' (on for CUDA), 'on' or 'off'")
+    channels_last: str = _f("auto", "channels_last memory format: 'auto' (on: faster on CUDA and on a CPU), 'on' or 'off'")
     compile: str = _f(
         "off", "torch.compile the training step: 'off', 'default', 'max-autotune-no-cudagraphs' or 'reduce-overhead' "
         "(CUDA graphs); --compile alone is 'default'"

@@ -58,7 +58,8 @@ def test_bench_json_names_the_device_and_versions_and_has_one_record_per_measure
     assert [r["path"] for r in report["measurements"]] == PATHS
     for r in report["measurements"]:
         assert r["status"] == "ok" and r["images_per_s"] > 0, r
-        assert (r["width"], r["batch_size"], r["amp"], r["channels_last"], r["compile"]) == (4, 16, "off", False, "off")
+        # On a CPU --amp auto resolves to off and --channels-last auto to on.
+        assert (r["width"], r["batch_size"], r["amp"], r["channels_last"], r["compile"]) == (4, 16, "off", True, "off")
         assert (r["steps"], r["warmup"]) == (2, 1)
     for r in report["measurements"][:3]:
         assert r["images_per_s"] * r["ms_per_step"] / 1000 == pytest.approx(16)  # images per step
@@ -194,9 +195,9 @@ def test_on_a_cpu_a_suite_measurement_that_fails_is_a_record_saying_why(monkeypa
                       "status": "failed: RuntimeError: out of memory"}
 
 
-@pytest.mark.parametrize("channels_last, same", [("auto", True), ("on", False)], ids=["auto", "on"])
+@pytest.mark.parametrize("channels_last, same", [("off", True), ("auto", False)], ids=["off", "auto"])
 def test_a_suite_setup_the_device_resolves_to_one_measured_already_is_measured_once(monkeypatch, channels_last, same):
-    # On a CPU the recipe's CUDA settings resolve to off (bf16, and channels_last unless asked for): the seed's setup.
+    # On a CPU the recipe's bf16 resolves to off, and so, with channels_last off, its settings are the seed's setup.
     from recipe import bench
     from recipe.config import RecipeConfig
 
@@ -258,9 +259,10 @@ def test_the_suite_starts_no_measurement_once_its_budget_is_spent_and_gives_the_
     monkeypatch.setattr(bench, "_clock", lambda: now[0])
     monkeypatch.setattr(bench, "in_this_process", fake)
     monkeypatch.setattr(bench, "concurrent", fake_concurrent)
-    config = RecipeConfig.from_dict({"device": "cpu", "width": 4})
+    config = RecipeConfig.from_dict({"device": "cpu", "width": 4, "channels_last": "off"})
     logged = []
-    # Measured on a CPU: seed, fast eager, model step, evaluation, compiled, 1 and 2 processes, classic (the seed's).
+    # Measured on a CPU: seed, fast eager, model step, evaluation, compiled, 1 and 2 processes, classic (the seed's
+    # setup: channels_last off, and amp resolves to off).
     records = bench.run_suite(config, 1, 0, "eager", timeout=10, log=logged.append, budget=22)
     assert [r["status"] for r in records] == ["ok"] * 6 + ["skipped: the suite's budget of 22 s was spent", "ok"]
     assert timeouts == {1: 2.0}  # what the budget had left: less than the measurement's own timeout
