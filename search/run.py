@@ -60,7 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results-dir", default="results", help="where studies' results go (default: results)")
     parser.add_argument("--address", help="join the running Ray cluster at this address (ray start --head prints it)")
     parser.add_argument("--storage", help="where Ray Tune keeps trials and checkpoints: a path every node sees, or a "
-                                          "URI Ray accepts such as s3://bucket/prefix (default: the results dir)")
+                                          "URI Ray accepts such as s3://bucket/prefix, with a store's options in its "
+                                          "query (?endpoint_override=HOST:PORT&scheme=http) (default: the results dir)")
     parser.add_argument("--revalidate-top", type=int, metavar="K",
                         help="train the K best complete trials again with another seed and choose by the mean; "
                              "0 chooses by the single best value (default: the study's)")
