@@ -128,8 +128,11 @@ def fs_path(storage: str) -> str:
     return path.rstrip("/") or "/"
 
 
-CONNECT_TIMEOUT_S = 5  # per attempt; with PROBE_ATTEMPTS, an endpoint that does not answer is one line within ~30 s
-PROBE_ATTEMPTS = 2  # the S3 client's default retries, with their back-off, took 6 s for a closed port
+# The check's S3 client gives up within seconds where the store does not answer: the client's defaults (3 attempts,
+# each waiting up to 3 s for a byte, with back-off between) took 99 s for an endpoint that takes connections and never
+# answers. Two attempts of at most 5 s to connect and 3 s to answer: one line within ~20 s.
+CONNECT_TIMEOUT_S = 5
+PROBE_ATTEMPTS = 2
 DENIED = ("ACCESS_DENIED", "ACCESS_KEY", "SIGNATURE", "TOKEN", "CLIENT", "FORBIDDEN")  # AWS error names of refused access
 
 
