@@ -49,7 +49,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # instead of 571 s, the studies' processes fighting for the cores.)
 SLOWEST_FIRST = ("test_search_e2e.py", "test_search_faults.py", "test_gpu_check.py", "test_faults.py",
                  "test_search_cluster.py", "test_cli.py", "test_report.py", "test_train.py", "test_step.py",
-                 "test_bench.py")
+                 "test_bench.py", "test_object_storage.py")
 
 
 def pytest_collection_modifyitems(items) -> None:
