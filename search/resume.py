@@ -35,6 +35,7 @@ from ray import tune
 
 from recipe.checkpoint import write_json
 from search.record import note, read_run_record
+from search.storage import fs_path, join
 from search.study import FINISHED, SEARCHED, StudyPaths, read_object
 from search.trainable import run_key
 
@@ -47,7 +48,7 @@ class CheckpointRecord:
 
     def __init__(self, paths: StudyPaths, storage: str) -> None:
         self.path, self.storage = paths.root / CHECKPOINTS, storage
-        self.root = storage.split("://", 1)[-1]  # Tune's paths on a URI's file system have no scheme
+        self.root = fs_path(storage)  # Tune's paths on a URI's file system have no scheme, nor its query
 
     def read(self) -> dict[str, dict[str, str]]:
         try:
@@ -61,7 +62,7 @@ class CheckpointRecord:
         return {key: self.uri(rel) for key, rel in self.read().get(phase, {}).items()}
 
     def uri(self, relative: str) -> str:
-        return f"{self.storage}/{relative}"
+        return join(self.storage, relative)
 
     def relative(self, path: str) -> str:
         """A path on Tune's storage file system, relative to the study's storage (a moved one is found again)."""

@@ -34,6 +34,7 @@ from search import lock, record
 from search import study as studies
 from search.plan import Plan, check_gpus, is_loopback, local_gpus
 from search.stopping import TUNE_SIGINT, Stop
+from search.storage import check_uri, is_uri, join
 from search.study import FINISHED, StudyPaths, StudySpec
 
 DATA_FLAGS = ("data", "data_dir", "download")
@@ -59,7 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--results-dir", default="results", help="where studies' results go (default: results)")
     parser.add_argument("--address", help="join the running Ray cluster at this address (ray start --head prints it)")
     parser.add_argument("--storage", help="where Ray Tune keeps trials and checkpoints: a path every node sees, or a "
-                                          "URI Ray accepts such as s3://bucket/prefix (default: the results dir)")
+                                          "URI Ray accepts such as s3://bucket/prefix, with a store's options in its "
+                                          "query (?endpoint_override=HOST:PORT&scheme=http) (default: the results dir)")
     parser.add_argument("--revalidate-top", type=int, metavar="K",
                         help="train the K best complete trials again with another seed and choose by the mean; "
                              "0 chooses by the single best value (default: the study's)")
@@ -193,7 +195,7 @@ def plan(args: argparse.Namespace) -> Plan:
     if not paths.spec.exists():  # a new study: every rule of a study file
         spec = studies.load(args.study)
     check_writable("--results-dir", args.results_dir, paths.root)
-    if args.storage and "://" not in args.storage:
+    if args.storage and not is_uri(args.storage):
         check_writable("--storage", args.storage, Path(args.storage).resolve() / spec.name)
     lock.check_free(paths.root, spec.name)  # before the state: a running study looks interrupted
     state = study_state(paths)
@@ -231,13 +233,16 @@ def plan(args: argparse.Namespace) -> Plan:
     if args.address and not is_loopback(args.address) and not args.storage:
         raise RecipeError("--address: a study on a cluster needs --storage, a path every node sees or a URI "
                           "(s3://...): trials may run on any node")
-    storage = args.storage.rstrip("/") if args.storage else str(paths.root.parent)
-    if args.storage and "://" not in args.storage:
-        storage = str(Path(args.storage).resolve())
+    storage = str(paths.root.parent)
+    if args.storage:
+        storage = join(args.storage) if is_uri(args.storage) else str(Path(args.storage).resolve())
+    storage = join(storage, spec.name)
+    if args.storage and is_uri(args.storage):
+        check_uri(args.storage, storage)  # last: it asks the store over the network, and writes (and deletes) a probe
     if edited:  # said once nothing else stops the study
         print(f"note: {studies.resolve_path(args.study)} was edited since the study started, in {', '.join(edited)}; "
               f"a resumed study keeps the settings it started with: the saved {paths.spec} wins", file=sys.stderr)
-    return Plan(spec=spec, paths=paths, resume=resume, storage=f"{storage}/{spec.name}", address=args.address,
+    return Plan(spec=spec, paths=paths, resume=resume, storage=storage, address=args.address,
                 final=not args.no_final, state=state, study_file=file_spec.to_dict())
 
 

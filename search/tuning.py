@@ -31,7 +31,7 @@ from search.resume import (CheckpointRecord, KeepLatestCheckpoint, extend, final
                            reruns_left, search_left, sweep)
 from search.searcher import FailureReasons, StudySearcher, error_of, fail_running, reason_of
 from search.stopping import Stop
-from search.storage import whole_files
+from search.storage import is_uri, join, whole_files
 from search.study import SEARCHED, StudySpec
 from search.trainable import DISK_FULL, RUN_DIR, run_recipe
 
@@ -62,15 +62,15 @@ def base_config(config_dict: dict[str, Any], gpus: int) -> dict[str, Any]:
 
 def storage_filesystem(storage: str) -> pyarrow.fs.FileSystem | None:
     """On a local disk, Tune's files are written whole (search.storage); a URI (s3://...) keeps its own file system."""
-    return None if "://" in storage else whole_files()
+    return None if is_uri(storage) else whole_files()
 
 
 def search(p: Plan, gpus: int, stop: Stop) -> None:
     """The search: the trials the record says are left (search.resume), then new ones up to the study's `trials`."""
     spec, paths = p.spec, p.paths
-    experiment, record = f"{p.storage}/tune", CheckpointRecord(paths, p.storage)
+    experiment, record = join(p.storage, "tune"), CheckpointRecord(paths, p.storage)
     searcher = StudySearcher(spec, optuna.storages.RDBStorage(paths.storage_url),
-                             tune_storage=None if "://" in p.storage else p.storage)
+                             tune_storage=None if is_uri(p.storage) else p.storage)
     study = searcher.study
     unfinished, new = search_left(study, spec.trials)
     if not unfinished and not new:
@@ -218,7 +218,7 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study, stop: Stop) -> dict[str,
     if not top:
         return None
     seed = spec.revalidation_seed()
-    experiment, log = f"{p.storage}/revalidate-tune", str(paths.revalidation)
+    experiment, log = join(p.storage, "revalidate-tune"), str(paths.revalidation)
     record = CheckpointRecord(paths, p.storage)
     trainable = tune.with_resources(
         tune.with_parameters(run_recipe, base=base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus),
@@ -267,7 +267,7 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str
     seeds = started["seeds"] if started else spec.final_seeds(gpus)
     if not started:
         write_json(paths.final / "summary.json", final_summary(paths, seeds))
-    experiment, record = f"{p.storage}/final-tune", CheckpointRecord(paths, p.storage)
+    experiment, record = join(p.storage, "final-tune"), CheckpointRecord(paths, p.storage)
     left = final_seeds_left(paths, seeds)
     where = paths.final_run(seeds[0]) if len(seeds) == 1 else f"{paths.final}/seed-{{{','.join(map(str, seeds))}}}"
     print(f"final run{'s' * (len(seeds) > 1)}: {config['epochs']} epochs with {settings(best['params'])}"
@@ -342,8 +342,8 @@ def check_no_earlier_experiments(p: Plan) -> None:
     Removing a study's results directory leaves them where --storage is elsewhere.
     """
     for name in PHASES:
-        if tune.Tuner.can_restore(f"{p.storage}/{name}"):
-            raise RecipeError(f"{p.storage}/{name}: Ray Tune's files of an earlier study {p.spec.name!r} are there; "
+        if tune.Tuner.can_restore(join(p.storage, name)):
+            raise RecipeError(f"{join(p.storage, name)}: Ray Tune's files of an earlier study {p.spec.name!r} are there; "
                               f"remove {p.storage} to start this study over, or pass another --storage")
 
 

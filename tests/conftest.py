@@ -1,6 +1,7 @@
 """Shared helpers: tiny recipe configs that train in seconds on a CPU."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import http.server
@@ -14,6 +15,7 @@ import sys
 import tarfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +49,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # instead of 571 s, the studies' processes fighting for the cores.)
 SLOWEST_FIRST = ("test_search_e2e.py", "test_search_faults.py", "test_gpu_check.py", "test_faults.py",
                  "test_search_cluster.py", "test_cli.py", "test_report.py", "test_train.py", "test_step.py",
-                 "test_bench.py")
+                 "test_bench.py", "test_object_storage.py")
 
 
 def pytest_collection_modifyitems(items) -> None:
@@ -174,6 +176,85 @@ def reader_of(db: Path) -> optuna.storages.RDBStorage:
     schema's version with alembic), a poll every 0.1 s made one each time. No pool: no file held open between reads."""
     return optuna.storages.RDBStorage(f"sqlite:///file:{db}?mode=ro&uri=true", skip_table_creation=True,
                                       engine_kwargs={"poolclass": NullPool})
+
+
+# An S3 server on loopback (moto's), in a process of its own: the study's processes talk to it over HTTP as to any
+# S3-compatible store (MinIO, Ceph), with fake credentials. It prints its port; it stops when its stdin closes (its
+# test process gone), else when the test ends it.
+S3_SERVER = """
+import logging, sys
+from moto.server import ThreadedMotoServer
+
+logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
+server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+server.start()
+print(server.get_host_and_port()[1], flush=True)
+sys.stdin.read()
+server.stop()
+"""
+
+
+@dataclass
+class S3Server:
+    """A running S3 server on loopback; `env`: what a study's processes need to reach it (its endpoint aside)."""
+
+    endpoint: str  # HOST:PORT
+    env: dict[str, str]
+
+    def uri(self, path: str) -> str:
+        """s3://path with the endpoint in the URI's query, pyarrow's own form for an S3-compatible store."""
+        return f"s3://{path}?endpoint_override={self.endpoint}&scheme=http"
+
+    def filesystem(self):
+        import pyarrow.fs
+
+        return pyarrow.fs.S3FileSystem(access_key=self.env["AWS_ACCESS_KEY_ID"], secret_key=self.env["AWS_SECRET_ACCESS_KEY"],
+                                       endpoint_override=self.endpoint, scheme="http", allow_bucket_creation=True)
+
+    def new_bucket(self) -> str:
+        """A bucket made for one test (the server is shared by a pytest worker's tests): its name."""
+        name = f"test-{uuid.uuid4().hex[:12]}"
+        self.filesystem().create_dir(name)
+        return name
+
+    def files(self, prefix: str) -> dict[str, bytes]:
+        """Every object under `prefix` (a bucket, or a path in one) that holds data, by key: what a study left there."""
+        import pyarrow.fs
+
+        fs = self.filesystem()
+        found = {}
+        for info in fs.get_file_info(pyarrow.fs.FileSelector(prefix, recursive=True, allow_not_found=True)):
+            if info.type == pyarrow.fs.FileType.File:
+                with fs.open_input_stream(info.path) as f:
+                    found[info.path] = f.readall()
+        return found
+
+
+# Fake credentials, never the user's: files of the user's are not read, nor is a cloud machine's metadata service.
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_EC2_METADATA_DISABLED": "true",
+          "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_CONFIG_FILE": os.devnull, "no_proxy": "127.0.0.1"}
+
+
+@contextlib.contextmanager
+def s3_server_running(auth: bool = False):
+    """An S3 server of the test's own on loopback; with `auth`, one that refuses credentials it does not know."""
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"} if auth else None
+    server = subprocess.Popen([sys.executable, "-c", S3_SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        port = server.stdout.readline().strip()
+        assert port.isdigit(), "the S3 server did not start"
+        yield S3Server(f"127.0.0.1:{port}", dict(S3_ENV))
+    finally:
+        server.terminate()  # its own stop waits half a second for its serving loop to notice
+        server.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """One S3 server for a pytest worker's tests, each in a bucket of its own (S3Server.new_bucket)."""
+    with s3_server_running() as server:
+        yield server
 
 
 def isolated_network_available() -> bool:

@@ -356,16 +356,16 @@ def test_a_trial_that_finds_the_studys_storage_full_stops_the_study_and_stays_to
     assert unwritten(OSError(28, "No space left on device", "/y/z")) == "/y/z" and unwritten(RuntimeError()) is None
 
 
-def check_diverged_trials(trials: list, view: Path, stdout: str) -> None:
+def check_diverged_trials(trials: list, view: Path, tune_records: dict[str, bytes], stdout: str) -> None:
     """Trials that diverged (all but the seed recipe's, in the diverging study) failed with that reason, each run
-    once: Tune did not retry them."""
+    once: Tune did not retry them (`tune_records`: Tune's result.json of each trial, by path)."""
     diverged = [t for t in trials if t.number > 0]
     assert diverged and all(t.state.name == "FAIL" for t in diverged), [(t.state, t.params) for t in trials]
     for t in diverged:
         assert t.user_attrs["reason"] == "diverged: the training loss was not finite in epoch 1", t.user_attrs
         assert f"trial {t.number} failed: diverged: " in stdout
-        (record,) = view.glob(f"tune/*_{t.user_attrs['ray_trial_id']}_*/result.json")
-        assert [json.loads(line)["epoch"] for line in record.read_text().splitlines()] == [1]
+        (record,) = [data for path, data in tune_records.items() if f"_{t.user_attrs['ray_trial_id']}_" in path]
+        assert [json.loads(line)["epoch"] for line in record.decode().splitlines()] == [1]
     assert "crashed; retrying" not in stdout
     with open(view / "trials.csv", newline="") as f:
         rows = {int(row["trial_id"]): row for row in csv.DictReader(f)}
@@ -385,23 +385,37 @@ def diverging_tiny_study(folder: Path) -> str:
     return str(folder / "tiny.toml")
 
 
+def recorded_checkpoints(root: Path) -> dict[str, str]:
+    """The search's checkpoints as the study's record holds them (checkpoints.json, written whole): trial -> path."""
+    try:
+        return json.loads((root / "checkpoints.json").read_text()).get("tune", {})
+    except (OSError, ValueError):
+        return {}
+
+
 @needs_mounts
-def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_and_resumes_once_space_is_freed(tmp_path, tmpfs):
+def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_and_resumes_once_space_is_freed(tmp_path, tmpfs,
+                                                                                                    s3_server):
     fs = tmpfs("64m")
     results = fs.where / "results"  # search.run resolves paths: it runs in the tmpfs's namespace (see above)
     view = fs.path / "results" / "tiny"
-    # Its trials after the first diverge: a study whose trials fail goes on, and the disk fills in trial 0 (whose
-    # checkpoint the fill waits for), as with any study.
+    # Tune's files in an S3 bucket, the endpoint in the URI's query (the cluster study of test_search_cluster gives it
+    # in AWS_ENDPOINT_URL): the study's own files fill the disk, and the resumed study goes on from a checkpoint there.
+    bucket = s3_server.new_bucket()
+    storage = s3_server.uri(f"{bucket}/hpo")
+    # Its trials after the first diverge: a study whose trials fail goes on, and the disk fills in trial 0 (once the
+    # study has recorded its first checkpoint), as with any study.
     study = diverging_tiny_study(tmp_path / "study")
     command = ["nsenter", "-t", str(fs.holder.pid), "-m", "--", sys.executable, "-m", "search.run",
-               "--study", study, "--results-dir", str(results)]
+               "--study", study, "--results-dir", str(results), "--storage", storage]
+    env = os.environ | s3_server.env
     proc = subprocess.Popen([*command, *ONE_AT_A_TIME], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, stdin=subprocess.DEVNULL)
+                            text=True, stdin=subprocess.DEVNULL, env=env)
     filled = None
     try:
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline:
-            if filled is None and any(view.glob("tune/*/checkpoint_*")):  # a trial has reported an epoch
+            if filled is None and recorded_checkpoints(view):  # a trial has reported an epoch
                 spec_before = (view / "spec.json").read_bytes()
                 filled = fs.fill(leave=0)
             time.sleep(0.1)
@@ -415,7 +429,7 @@ def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_and_resumes_o
     line = stderr.strip().splitlines()[-1]
     assert line.startswith("error: the study stopped: ") and " free there" in line, stderr[-3000:]
     assert line.endswith(f"free space, then continue with: python -m search.run --study {study} "
-                         f"--results-dir {results} --resume"), line
+                         f"--results-dir {results} --storage '{storage}' --resume"), line  # quoted: it pastes
     # Nothing the study had written is damaged: its spec, and its Optuna study with the trials told so far.
     filled.unlink()
     assert (view / "spec.json").read_bytes() == spec_before
@@ -425,11 +439,14 @@ def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_and_resumes_o
     trials = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert trials and trials[0].params
     assert not list(view.glob("**/.*.tmp"))
+    (stopped_at,) = recorded_checkpoints(view).values()  # trial 0's, in the bucket
+    assert any(key.startswith(f"{bucket}/hpo/tiny/{stopped_at}/") for key in s3_server.files(bucket))
     # Space freed, the study resumes to the end of its search (the final run after it is test_search_faults's),
     # and --no-final ends it there: exit 0, the best trial chosen, no final run.
     resumed = subprocess.run([*command, "--resume", "--no-final"], cwd=REPO, stdin=subprocess.DEVNULL,
-                             capture_output=True, text=True, timeout=600)
+                             capture_output=True, text=True, timeout=600, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "search: trial 0 goes on from its last checkpoint" in resumed.stdout, resumed.stdout
     best_line, report_line = resumed.stdout.strip().splitlines()[-2:]
     assert best_line.startswith("best: trial ") and report_line.startswith("report: "), resumed.stdout[-2000:]
     assert not (view / "final").exists()
@@ -441,7 +458,14 @@ def test_a_study_whose_results_disk_fills_stops_in_one_line_exit_1_and_resumes_o
     best = json.loads((view / "best.json").read_text())
     assert complete and best["trial_id"] == complete[0].number and best["values"] == [complete[0].value]
     assert not best["revalidated"] and not (view / "revalidation.json").exists()
-    check_diverged_trials(trials, view, resumed.stdout)
+    # Trial 0 went on from its checkpoint in the bucket, opened through the URI's options: its Tune run of the resumed
+    # study began after epoch 1, and it was not restarted from epoch 0.
+    tune_records = {key: data for key, data in s3_server.files(f"{bucket}/hpo/tiny/tune").items()
+                    if key.endswith("/result.json")}
+    (went_on,) = [data for key, data in tune_records.items() if f"_{trials[0].user_attrs['ray_trial_id']}_" in key]
+    assert json.loads(went_on.decode().splitlines()[0])["epoch"] > 1 and "restarted" not in trials[0].user_attrs
+    assert not [key for key in s3_server.files(bucket) if "/checkpoint_" in key]  # the search ended: none is kept
+    check_diverged_trials(trials, view, tune_records, resumed.stdout)
 
 
 @needs_mounts

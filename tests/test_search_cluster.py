@@ -1,5 +1,5 @@
 """Studies that join a running Ray cluster: a cluster that refuses the driver's authentication; a study on
-a cluster of three nodes (Tune's files on --storage) that loses a worker node mid-trial. The lost node
+a cluster of three nodes (Tune's files on --storage, in an S3 bucket) that loses a worker node mid-trial. The lost node
 takes the trial's worker process with it: the same fault as a worker killed on one machine (the OOM
 killer, say), which Tune meets the same way, so that one has no study of its own. And a study's own Ray given
 logical GPUs, to see how many trials share a GPU and run at once."""
@@ -10,8 +10,9 @@ import subprocess
 import sys
 from collections import Counter
 
+import psutil
 import pytest
-from conftest import REPO, read_trials, run_study
+from conftest import REPO, process_tree, read_trials, run_study
 
 from search.ray_private import TOKEN_AUTH
 
@@ -99,59 +100,77 @@ cluster.shutdown()
 """
 
 
-def tune_results(experiment) -> list[dict]:
-    """Every result Tune has logged so far (result.json of each trial), skipping a line being written."""
+def tune_results(files: dict[str, bytes], experiment: str) -> list[dict]:
+    """Every result Tune logged in an experiment (result.json of each trial), from the objects of its storage."""
+    return [json.loads(line) for key, data in files.items() if key.startswith(f"{experiment}/") and
+            key.endswith("/result.json") for line in data.decode().splitlines()]
+
+
+def recorded_checkpoint(root) -> bool:
+    """Whether the study's record holds a search trial's checkpoint: one reported an epoch, and Tune has it stored."""
+    try:
+        return bool(json.loads((root / "checkpoints.json").read_text()).get("tune"))
+    except (OSError, ValueError):  # none yet (the file is written whole: never read half-written)
+        return False
+
+
+def trial_processes(pid: int) -> list[int]:
+    """The processes running a Tune trial (Ray names an actor's process after its class: ImplicitFunc for a
+    function trainable) among process `pid`'s descendants."""
     found = []
-    for path in experiment.glob("*/result.json"):
-        for line in path.read_text().splitlines():
-            try:
-                found.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
+    for p in process_tree(pid):
+        with contextlib.suppress(psutil.Error):
+            if "ImplicitFunc" in " ".join(p.cmdline()):
+                found.append(p.pid)
     return found
 
 
-def test_a_study_on_a_cluster_that_loses_a_node_mid_trial_goes_on_and_collects_its_final_run(tmp_path):
-    results, storage = tmp_path / "results", tmp_path / "shared"
+def test_a_study_on_a_cluster_that_loses_a_node_mid_trial_goes_on_and_collects_its_final_run(tmp_path, s3_server):
+    results = tmp_path / "results"
+    # Tune's files in object storage, which every node reaches as the driver does: the endpoint in AWS_ENDPOINT_URL (the
+    # URI with the endpoint in its query is test_faults' study) and credentials, fake ones here, in the environment.
+    bucket = s3_server.new_bucket()
+    storage, tune_files = f"s3://{bucket}/hpo", f"{bucket}/hpo/tiny"
+    s3 = s3_server.env | {"AWS_ENDPOINT_URL": f"http://{s3_server.endpoint}"}
     # Token authentication, as on any cluster ray.init() starts; the driver has the same token (~/.ray/auth_token).
-    env = os.environ | {"RAY_AUTH_MODE": "token"}
+    env = os.environ | {"RAY_AUTH_MODE": "token"} | s3
     cluster = subprocess.Popen([sys.executable, "-c", CLUSTER], cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                text=True, env=env)
     lost: dict = {}
 
     def lose_the_node_once_a_trial_reported(proc, out) -> None:
-        if lost:
+        if lost or not recorded_checkpoint(results / "tiny"):
             return
-        reported = [r for r in tune_results(storage / "tiny" / "tune") if r.get("epoch", 0) >= 1]
-        if reported:
-            lost.update(pid=reported[0]["pid"], epochs=max(r["epoch"] for r in reported))
-            cluster.stdin.write(f"{lost['pid']}\n")
-            cluster.stdin.flush()
-            lost["removed"] = cluster.stdout.readline()
+        (lost["pid"],) = trial_processes(cluster.pid)  # one trial at a time
+        cluster.stdin.write(f"{lost['pid']}\n")
+        cluster.stdin.flush()
+        lost["removed"] = cluster.stdout.readline()
 
     try:
         address = cluster.stdout.readline().strip()
         assert address.startswith("127.0.0.1:")
         run = run_study(["--study", TINY, "--results-dir", str(results), "--trials", "1",
-                         "--address", address, "--storage", str(storage)], env={"RAY_AUTH_MODE": "token"},
+                         "--address", address, "--storage", storage], env={"RAY_AUTH_MODE": "token", **s3},
                         watch=lose_the_node_once_a_trial_reported, poll=0.05)
     finally:
         cluster.stdin.close()
         cluster.wait(timeout=120)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert lost["removed"].startswith("removed ") and lost["epochs"] < 3  # lost mid-trial
+    assert lost["removed"].startswith("removed ")
     assert "trial 0 crashed; retrying from its last checkpoint" in run.stdout
-    # Tune's epochs go on after the loss, in another process; Optuna has each epoch once.
-    epochs = [r["epoch"] for r in tune_results(storage / "tiny" / "tune")]
-    assert epochs == [1, 2, 3]
-    after = [r for r in tune_results(storage / "tiny" / "tune") if r["epoch"] > lost["epochs"]]
+    # Tune's epochs go on after the loss, in another process; each epoch was run once (Optuna has each once too).
+    files = s3_server.files(tune_files)
+    logged = tune_results(files, f"{tune_files}/tune")
+    assert [r["epoch"] for r in logged] == [1, 2, 3]
+    before = [r["epoch"] for r in logged if r["pid"] == lost["pid"]]
+    assert before and max(before) < 3  # lost mid-trial
+    after = [r for r in logged if r["epoch"] > max(before)]
     assert after and all(r["pid"] != lost["pid"] for r in after)
     (trial,) = read_trials(results / "tiny" / "optuna.db", "tiny")
     assert trial.state.name == "COMPLETE" and sorted(trial.intermediate_values) == [1, 2, 3]
-    # Tune's files are on --storage, every node's view; the final run ran in a Tune working directory on
-    # some node and was brought back into results/.
-    assert (storage / "tiny" / "tune").is_dir() and (storage / "tiny" / "final-tune").is_dir()
-    assert not (results / "tiny" / "tune").exists()
+    # Tune's files are in the bucket, every node's view; the final run ran in a Tune working directory on some node
+    # and was brought back into results/ from there.
+    assert tune_results(files, f"{tune_files}/final-tune") and not (results / "tiny" / "tune").exists()
     final = results / "tiny" / "final" / "seed-0"
     assert json.loads((final.parent / "summary.json").read_text())["status"] == "completed"
     summary = json.loads((final / "summary.json").read_text())
@@ -160,6 +179,7 @@ def test_a_study_on_a_cluster_that_loses_a_node_mid_trial_goes_on_and_collects_i
     assert (final / "curves.html").exists() and (final / "checkpoints" / "best.pt").exists()
     best = json.loads((results / "tiny" / "best.json").read_text())
     assert json.loads((final / "config.json").read_text()) == best["final_config"] | {"device": "cpu"}
+    assert not [key for key in files if "/checkpoint_" in key]  # every run ended: no checkpoint is kept
 
 
 # A study's driver on a machine that shows two GPUs: its own Ray is given two logical ones (Ray's scheduler
