@@ -628,17 +628,21 @@ def test_each_runs_checkpoint_is_recorded_as_tune_reports_it_and_freed_once_noth
 
 
 def test_a_resumed_re_validation_and_final_stage_run_only_what_their_records_do_not_hold_as_ended(tmp_path):
-    from search.resume import final_seeds_left, reruns_left
+    from search.resume import final_runs_left, reruns_left
     from search.study import StudyPaths
 
     logged = [{"trial_id": 1, "status": "completed"}, {"trial_id": 2, "status": "failed"},
               {"trial_id": 5, "status": "diverged"}]
     assert reruns_left([4, 1, 2, 5], logged) == [4, 2]  # a failed re-run again, with its retries: a new Tune run
     paths = StudyPaths(tmp_path / "tiny")
-    for seed, status in ((0, "completed"), (1, "interrupted"), (3, "diverged")):
-        paths.final_run(seed).mkdir(parents=True)
-        (paths.final_run(seed) / "summary.json").write_text(json.dumps({"status": status}))
-    assert final_seeds_left(paths, [0, 1, 2, 3]) == [1, 2]
+    for seed, status, baseline in ((0, "completed", False), (1, "interrupted", False), (3, "diverged", False),
+                                   (0, "interrupted", True), (1, "completed", True)):
+        paths.final_run(seed, baseline).mkdir(parents=True)
+        (paths.final_run(seed, baseline) / "summary.json").write_text(json.dumps({"status": status}))
+    assert final_runs_left(paths, [0, 1, 2, 3]) == ["seed-1", "seed-2"]
+    # With the baseline: its runs too, each by its own record.
+    assert final_runs_left(paths, [0, 1, 2, 3], baseline=True) == ["seed-1", "seed-2", "baseline/seed-0",
+                                                                   "baseline/seed-2", "baseline/seed-3"]
 
 
 @pytest.mark.parametrize("content, why", [(b"PK\x03\x04 cut short", "not a readable checkpoint"),
