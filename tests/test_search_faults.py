@@ -13,8 +13,9 @@ One study (tests/studies/tiny.toml, 5 trials, one at a time) goes through all of
    the top trials (--revalidate-top 2) as the first re-run ends, before the second has started;
 4. `--resume`: SIGTERM as the second re-run starts, all of re-validation's runs left running: exit 130 and the
    --resume command; `--resume`: re-validation goes on with the second re-run, without running the first again;
-   the final run, SIGKILLed in its first epochs; `--resume`: SIGTERM while the final run runs: exit 130 and the
-   --resume command;
+   the final stage (the chosen settings' run, then the seed recipe's beside it, one at a time), SIGKILLed once
+   the first has ended and the baseline's is midway (without a baseline, the seed recipe chosen: in the final
+   run's first epochs); `--resume`: SIGTERM while the final run runs: exit 130 and the --resume command;
 5. `--resume` ends the study.
 """
 import contextlib
@@ -34,6 +35,7 @@ from optuna.trial import TrialState
 
 from conftest import ONE_AT_A_TIME, REPO, process_tree, read_trials, run_study, tiny_config
 from recipe.config import SEARCHED
+from search.study import load as load_study
 
 STUDY = str(REPO / "tests" / "studies" / "tiny.toml")
 PLANNED = 5
@@ -226,17 +228,23 @@ def interrupted(tmp_path_factory):
     k["reval_after_stop"] = json.loads((root / "revalidation.json").read_text())
     k["best_after_reval_stop"] = (root / "best.json").exists()
 
-    # Re-validation goes on, then the final run, killed in its first epochs; SIGTERM in the final run; 5. the end.
+    # Re-validation goes on, then the final stage, killed with the chosen run ended and the baseline's midway (or in
+    # the one final run's first epochs); SIGTERM in the final stage; 5. the end.
     final_seen: dict = {}
 
     def kill_in_final(proc, out):
-        if "tree" not in final_seen and "final epoch 1/" in out:
+        if "tree" not in final_seen and ("final epoch 1/2 (seed 0, baseline)" in out
+                                         or "baseline: none" in out and "final epoch 1/" in out):
             kill_tree(proc, final_seen)
+            final_seen["ended"] = {run: json.loads((root / "final" / run / "summary.json").read_text())["status"]
+                                   for run in ("seed-0", "baseline/seed-0")
+                                   if (root / "final" / run / "summary.json").is_file()}
 
     try:
         k["final_killed"] = run_study(args + ["--resume"], watch=kill_in_final, poll=0.1)
     finally:
         clean_up(final_seen.get("tree", []))
+    k["final_at_kill"] = final_seen.get("ended")
     final_stop: dict = {}
 
     def stop_in_final(proc, out):
@@ -425,11 +433,13 @@ def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(interr
     assert k["ended"].returncode == 0, k["ended"].stderr[-2000:]
     assert " started" not in k["ended"].stdout  # nor any re-validation run: they had all ended
     assert read_trials(k["db"], "tiny") == k["after_search"]
+    best = json.loads((k["root"] / "best.json").read_text())
+    baseline = best["params"] != load_study(STUDY).seed_params()  # trained beside the choice, unless it is the seed
     # One seed on CPU by default, in the same layout as several.
-    assert sorted(p.name for p in (k["root"] / "final").iterdir()) == ["seed-0", "summary.json"]
+    assert sorted(p.name for p in (k["root"] / "final").iterdir()) == ["baseline"] * baseline + ["seed-0",
+                                                                                                 "summary.json"]
     final = k["root"] / "final" / "seed-0"
     summary = json.loads((final / "summary.json").read_text())
-    best = json.loads((k["root"] / "best.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_run"] == 2
     assert {name: summary["config"][name] for name in best["params"]} == best["params"]
     rows = (final / "metrics.csv").read_text().strip().splitlines()[1:]
@@ -437,9 +447,40 @@ def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(interr
     aggregate = json.loads((k["root"] / "final" / "summary.json").read_text())
     assert aggregate["seeds"] == [0] and aggregate["mean_final_eval_acc"] == summary["final_eval_acc"]
     assert aggregate["std_final_eval_acc"] is None
-    assert k["ended"].stdout.strip().splitlines()[-1] == (
-        f"final: {100 * summary['final_eval_acc']:.2f}% test accuracy (seed 0)")
+    last = k["ended"].stdout.strip().splitlines()[-1]
+    assert last.startswith(f"final: {100 * summary['final_eval_acc']:.2f}% test accuracy (seed 0); ")
+    if not baseline:
+        assert last.endswith("the chosen settings are the seed recipe's own: no baseline to train")
     assert not list(k["root"].rglob("checkpoint_*"))  # nothing that will ever be resumed is kept
+
+
+def test_a_driver_killed_with_the_chosen_run_ended_and_the_baselines_midway_runs_neither_again_from_the_start(
+        interrupted):
+    k = interrupted
+    best = json.loads((k["root"] / "best.json").read_text())
+    if best["params"] == load_study(STUDY).seed_params():
+        pytest.skip("the study chose the seed recipe (trial 0) on this CPU: it trains no baseline")
+    # Killed with the chosen settings' run ended, the seed recipe's after its first epoch.
+    assert k["final_at_kill"]["seed-0"] == "completed", k["final_at_kill"]
+    assert k["final_at_kill"].get("baseline/seed-0") in (None, "running"), k["final_at_kill"]
+    resumed = k["final_stopped"].stdout + k["ended"].stdout
+    assert "final epoch 1/2 (seed 0)" not in resumed and "final epoch 2/2 (seed 0)" not in resumed  # not run again
+    run = k["root"] / "final" / "baseline" / "seed-0"
+    own = json.loads((run / "summary.json").read_text())
+    assert own["status"] == "completed" and own["epochs_run"] == 2
+    assert {name: own["config"][name] for name in best["params"]} == load_study(STUDY).seed_params()
+    rows = (run / "metrics.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2]  # epoch 1 once: it went on from its checkpoint
+    # The same summary as the runs' own records make, the difference chosen minus baseline on seed 0.
+    from search.results import final_summary
+    from search.study import StudyPaths
+
+    aggregate = json.loads((k["root"] / "final" / "summary.json").read_text())
+    assert aggregate == json.loads(json.dumps(final_summary(StudyPaths(k["root"]), [0], baseline=True)))
+    chosen = json.loads((k["root"] / "final" / "seed-0" / "summary.json").read_text())["final_eval_acc"]
+    assert aggregate["status"] == "completed" and aggregate["difference"]["values"] == [chosen - own["final_eval_acc"]]
+    assert k["ended"].stdout.strip().splitlines()[-1].endswith(
+        f"; the seed recipe: {100 * own['final_eval_acc']:.2f}% ({100 * (chosen - own['final_eval_acc']):+.2f} points)")
 
 
 @pytest.fixture(scope="module")
