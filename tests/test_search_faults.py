@@ -768,3 +768,28 @@ def test_each_re_run_is_logged_once_as_it_ends_and_a_retry_replaces_its_failure(
     view.on_trial_complete(0, [], trial)
     (done,) = logged_reruns(log)
     assert (done["trial_id"], done["seed"], done["status"], done["value"], done["epochs"]) == (2, 1, "completed", 0.4, 3)
+
+
+def test_a_changed_choice_trains_its_final_runs_again_and_keeps_the_baselines_which_are_the_same(tmp_path):
+    from search.resume import CheckpointRecord, clear_final
+    from search.results import final_summary
+    from search.study import StudyPaths
+
+    paths = StudyPaths(tmp_path / "tiny")
+    for run in ("seed-0", "seed-1", "baseline/seed-0", "baseline/seed-1"):
+        (paths.final / run).mkdir(parents=True)
+        (paths.final / run / "summary.json").write_text(json.dumps({"status": "completed", "final_eval_acc": 0.5}))
+    (paths.final / "baseline" / "seed-1" / "summary.json").write_text(json.dumps({"status": "running"}))  # midway
+    (paths.final / "summary.json").write_text(json.dumps(final_summary(paths, [0, 1], baseline=True)))
+    record = CheckpointRecord(paths, str(tmp_path))
+    record.set("final-tune", "seed-1", "final-tune/a/checkpoint_000001")
+    record.set("final-tune", "baseline/seed-1", "final-tune/b/checkpoint_000001")
+    clear_final(paths, str(tmp_path), keep_baseline=True)
+    assert sorted(p.name for p in paths.final.iterdir()) == ["baseline", "summary.json"]
+    assert sorted(p.name for p in (paths.final / "baseline").iterdir()) == ["seed-0", "seed-1"]
+    assert record.read() == {"final-tune": {"baseline/seed-1": "final-tune/b/checkpoint_000001"}}  # it goes on
+    summary = json.loads((paths.final / "summary.json").read_text())  # the same seeds, the chosen runs to do
+    assert summary["seeds"] == [0, 1] and [r["status"] for r in summary["runs"]] == ["not run", "not run"]
+    assert [r["status"] for r in summary["baseline"]["runs"]] == ["completed", "running"]
+    clear_final(paths, str(tmp_path), keep_baseline=False)  # the seed recipe chosen now: no baseline
+    assert list(paths.final.iterdir()) == [] and record.read() == {}
