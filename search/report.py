@@ -3,7 +3,7 @@
 One self-contained page (plotly.js embedded once; it opens offline) built from the study's
 results directory alone: spec.json, optuna.db (the source of truth for trials, opened
 read-only), revalidation.json once re-validation has chosen, and final/ (a run directory per
-seed, and their summary.json) as far as the final runs got. It works on a study that is still running:
+seed, the baseline's beside them, and their summary.json) as far as the final runs got. It works on a study that is still running:
 trials.csv and best.json are not needed. The same files give the same page, byte for byte. A damaged
 final/summary.json or trials.csv is rebuilt from its sources; a damaged spec.json or revalidation.json is a
 ReportError (search.record).

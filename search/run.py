@@ -4,7 +4,8 @@
 
 Results go to results/<study>/: optuna.db (the Optuna study, live), trials.csv,
 revalidation.json (the top trials trained again), best.json, final/ (a recipe run directory per
-seed, seed-<s>/, and their summary.json) and report.html. Ray Tune's own experiments go to
+seed, seed-<s>/, the seed recipe's beside them with a baseline, baseline/seed-<s>/, and their summary.json) and
+report.html. Ray Tune's own experiments go to
 results/<study>/tune/, revalidate-tune/ and final-tune/ (or under --storage). Ctrl-C or SIGTERM
 stops the study with its state saved; --resume continues it.
 """

@@ -312,7 +312,7 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str
     local = p.address is None
     config = best["final_config"]
     started = load_final_summary(paths)
-    seeds, _ = final_plan(p, gpus)
+    seeds = started["seeds"] if started else spec.final_seeds(gpus)
     baseline, skipped = baseline_of(spec, best)
     if not started:
         write_json(paths.final / "summary.json", final_summary(paths, seeds, baseline=baseline, skipped=skipped))
