@@ -396,10 +396,11 @@ def planned_trials(study_dir: Path) -> int | None:
 
 
 def config_from_study(results_dir: str | Path, study: str | None, which: str) -> tuple[RecipeConfig, str, Path]:
-    """The final run's config of a study: its best trial's ('best') or a given trial's settings.
+    """The final run's config of a study: its best trial's ('best'), the seed recipe's ('baseline': the study's
+    baseline runs) or a given trial's settings.
 
-    Reads results/<study>/best.json, which the search writes with the full final-run config;
-    for a trial id, that config with the trial's sampled settings from trials.csv instead.
+    Reads results/<study>/best.json, which the search writes with the full final-run config and the seed recipe's
+    settings; for a trial id, that config with the trial's sampled settings from trials.csv instead.
     Returns the config, a sentence saying what was taken, and the study's directory.
     """
     root = Path(results_dir)
@@ -421,6 +422,15 @@ def config_from_study(results_dir: str | Path, study: str | None, which: str) ->
         raise RecipeError(f"{best_path}: not a best.json written by search.run ({e})") from None
     if which == "best":
         return base, taken, study_dir
+    if which == "baseline":
+        if not isinstance(best.get("baseline_params"), dict):  # a study from before baseline runs: trial 0 is the seed
+            config, _, _ = config_from_study(results_dir, study_dir.name, "0")
+        else:
+            try:
+                config = base.replace(**{name: float(best["baseline_params"][name]) for name in SEARCHED})
+            except (KeyError, TypeError, ValueError) as e:
+                raise RecipeError(f"{best_path}: not a best.json written by search.run ({e})") from None
+        return config, f"study {study_dir.name!r}, the seed recipe (the baseline, trial 0's settings)", study_dir
     trials_path = study_dir / "trials.csv"
     if not trials_path.is_file():
         raise RecipeError(f"{trials_path}: no such file; --from-study TRIAL_ID reads the trials of a finished search")
@@ -473,12 +483,12 @@ def run_main(argv: list[str] | None) -> int:
     add_config_flags(parser)
     run = parser.add_argument_group("run")
     run.add_argument("--out", help="run directory (default: results/runs/<date-time>; with --from-study: "
-                                   "results/<study>/<best|TRIAL_ID>-<date-time>)")
+                                   "results/<study>/<best|baseline|TRIAL_ID>-<date-time>)")
     run.add_argument("--resume", action="store_true",
                      help="continue the run in --out from its last checkpoint, with the settings in its config.json")
-    run.add_argument("--from-study", metavar="best|TRIAL_ID",
-                     help="take the settings of a study's final run: its best trial, or the trial with this id; "
-                          "any other flag given overrides that one setting")
+    run.add_argument("--from-study", metavar="best|baseline|TRIAL_ID",
+                     help="take the settings of a study's final run: its best trial, the seed recipe (its baseline "
+                          "runs), or the trial with this id; any other flag given overrides that one setting")
     run.add_argument("--study", help="with --from-study: the study's name (default: the newest finished study)")
     run.add_argument("--results-dir", default="results", help="with --from-study: where studies live (default: results)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

@@ -195,13 +195,20 @@ class FinalView(Callback):
         self.epochs, self.several, self.stream = state["epochs"], state.get("several", False), sys.stdout
 
     def _name(self, trial: Any) -> str:
-        return f"final run (seed {trial.config.get('seed')})" if self.several else "final run"
+        return f"final run ({self._run(trial)})" if self.several else "final run"
+
+    @staticmethod
+    def _run(trial: Any) -> str:
+        """Which run, in words: "seed 0", or "seed 0, baseline" for the seed recipe's run (final/baseline/seed-0)."""
+        name = str(trial.config.get("run", f"seed-{trial.config.get('seed')}"))
+        seed = f"seed {name.rsplit('seed-', 1)[-1]}"
+        return f"{seed}, baseline" if name.startswith("baseline/") else seed
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if RESTARTED in result:
             self.stream.write(f"{time.strftime('%H:%M:%S')}  {self._name(trial)}: {result[RESTARTED]}\n")
         if "epoch" in result:
-            seed = f" (seed {trial.config.get('seed')})" if self.several else ""
+            seed = f" ({self._run(trial)})" if self.several else ""
             self.stream.write(
                 f"{time.strftime('%H:%M:%S')}  final epoch {result['epoch']}/{self.epochs}{seed}: train loss "
                 f"{result['train_loss']:.4f}, test accuracy {100 * result['eval_acc']:.2f}%, "

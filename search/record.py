@@ -15,7 +15,7 @@ from typing import Any
 
 from recipe.checkpoint import write_json
 from recipe.config import RecipeError
-from search.study import STUDY_FILE, StudyPaths, read_object
+from search.study import BASELINE, STUDY_FILE, StudyPaths, read_object
 
 TRIAL_STATES = ("complete", "pruned", "failed", "running", "waiting")  # trials.csv's states (results.STATES)
 
@@ -61,9 +61,10 @@ def read_run_record(path: Path, error: type[RecipeError] = RecipeError) -> dict[
                     f"a copy of it") from None
 
 
-def final_seeds_on_disk(paths: StudyPaths) -> list[int]:
-    """The seeds of the final runs that have a directory, final/seed-<s>/."""
-    return sorted(int(d.name.removeprefix("seed-")) for d in paths.final.glob("seed-*")
+def final_seeds_on_disk(paths: StudyPaths, baseline: bool = False) -> list[int]:
+    """The seeds of the final runs that have a directory, final/seed-<s>/ (the baseline's: final/baseline/seed-<s>/)."""
+    folder = paths.final / BASELINE if baseline else paths.final
+    return sorted(int(d.name.removeprefix("seed-")) for d in folder.glob("seed-*")
                   if d.is_dir() and d.name.removeprefix("seed-").isdigit())
 
 
@@ -83,20 +84,22 @@ def load_final_summary(paths: StudyPaths) -> dict[str, Any] | None:
     if not seeds:  # a study from before final/seed-<s>/ kept its one final run's own summary.json there
         raise RecipeError(f"{path}: damaged ({why}), and no final run (final/seed-<s>/) to rebuild it from; remove "
                           f"{paths.final} and continue the study with --resume, which runs the final run again")
+    baseline = (paths.final / BASELINE).is_dir()
     for seed in seeds:
-        run_summary = paths.final_run(seed) / "summary.json"
-        try:
-            if run_summary.is_file():
-                read_object(run_summary)
-        except ValueError as e:
-            raise RecipeError(f"{path}: damaged ({why}), and so is {run_summary}, from which it is rebuilt ({e}); "
-                              f"put back a copy of either") from None
+        for run_summary in [paths.final_run(seed) / "summary.json"] + (
+                [paths.final_run(seed, baseline=True) / "summary.json"] if baseline else []):
+            try:
+                if run_summary.is_file():
+                    read_object(run_summary)
+            except ValueError as e:
+                raise RecipeError(f"{path}: damaged ({why}), and so is {run_summary}, from which it is rebuilt ({e}); "
+                                  f"put back a copy of either") from None
     from search.results import final_summary  # pure, but beside Optuna's and pandas' imports
 
-    summary = final_summary(paths, seeds)
+    summary = final_summary(paths, seeds, baseline=baseline)
     write_json(path, summary)
     note(f"{path} was damaged ({why}); rebuilt from the final runs' own summaries "
-         f"(final/seed-{{{','.join(map(str, seeds))}}}/summary.json)")
+         f"(final/{'{,baseline/}' if baseline else ''}seed-{{{','.join(map(str, seeds))}}}/summary.json)")
     return summary
 
 

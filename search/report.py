@@ -3,7 +3,7 @@
 One self-contained page (plotly.js embedded once; it opens offline) built from the study's
 results directory alone: spec.json, optuna.db (the source of truth for trials, opened
 read-only), revalidation.json once re-validation has chosen, and final/ (a run directory per
-seed, and their summary.json) as far as the final runs got. It works on a study that is still running:
+seed, the baseline's beside them, and their summary.json) as far as the final runs got. It works on a study that is still running:
 trials.csv and best.json are not needed. The same files give the same page, byte for byte. A damaged
 final/summary.json or trials.csv is rebuilt from its sources; a damaged spec.json or revalidation.json is a
 ReportError (search.record).
@@ -16,7 +16,7 @@ import math
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 from urllib.parse import quote
@@ -33,7 +33,7 @@ from recipe.cli import Parser, fail
 from recipe.config import RecipeError
 from recipe.curves import run_figure
 from search.record import final_seeds_on_disk, load_final_summary, load_revalidation, read_run_record, trial_states
-from search.results import STATES, chosen_trial, trials_frame
+from search.results import STATES, chosen_trial, comparison_text, trials_frame
 from search.study import SEARCHED, StudyPaths, StudySpec
 
 # fANOVA fits a forest to (settings -> objective); with fewer complete trials than searched
@@ -168,6 +168,7 @@ class FinalRuns:
 
     runs: dict[int, FinalRun]
     summary: dict[str, Any]  # final/summary.json; {} until written
+    baseline: dict[int, FinalRun] = field(default_factory=dict)  # the seed recipe's runs, final/baseline/seed-<s>/
 
     @property
     def started(self) -> bool:
@@ -199,7 +200,10 @@ def load_final(paths: StudyPaths, spec: StudySpec) -> FinalRuns:
     runs = {seed: run for seed in seeds if (run := load_run(paths.final_run(seed))).status is not None}
     if not seeds and (paths.final / "metrics.csv").is_file():  # a study from before final/seed-<s>/: one run in final/
         return FinalRuns(runs={spec.seed: load_run(paths.final)}, summary={})
-    return FinalRuns(runs=runs, summary=load_final_summary(paths) or {})  # damaged: rebuilt from the runs' own
+    baseline = {seed: run for seed in final_seeds_on_disk(paths, baseline=True)
+                if (run := load_run(paths.final_run(seed, baseline=True))).status is not None}
+    # A damaged summary is rebuilt from the runs' own.
+    return FinalRuns(runs=runs, summary=load_final_summary(paths) or {}, baseline=baseline)
 
 
 def epochs_of(trial: FrozenTrial) -> int:
@@ -383,40 +387,67 @@ def slice_figure(study: optuna.Study, objective: Objective, spec: StudySpec) -> 
 
 
 def final_figure(final: FinalRuns, best: FrozenTrial | None) -> go.Figure:
-    """The headline: every final run's test accuracy per epoch, overlaid, with their mean +- one sample std."""
+    """The headline: every final run's test accuracy per epoch, overlaid, with their mean +- one sample std; and the
+    seed recipe's runs beside them (the baseline), each seed thin, their mean thick."""
     which = f"trial {best.number}'s settings" if best is not None else "the best settings"
     length = f"{final.epochs} epochs" if final.epochs else "the full recipe"
     fig = go.Figure()
     curves = {seed: {int(row["epoch"]): 100 * row["eval_acc"] for row in run.history} for seed, run in final.runs.items()}
+    baseline = {seed: {int(row["epoch"]): 100 * row["eval_acc"] for row in run.history}
+                for seed, run in final.baseline.items()}
     several = len(curves) > 1
+    both = bool(baseline)
     for seed, curve in curves.items():
         fig.add_trace(go.Scatter(
             x=list(curve), y=list(curve.values()), mode="lines+markers" if len(curve) <= 60 else "lines",
-            name=f"seed {seed}", line=dict(width=1.5 if several else 2.5), marker=dict(size=4),
-            opacity=0.7 if several else 1.0,
+            name=f"seed {seed}", line=dict(width=1.5 if several or both else 2.5), marker=dict(size=4),
+            opacity=0.7 if several or both else 1.0,
             hovertemplate=f"seed {seed}<br>epoch %{{x}}: %{{y:.2f}}%<extra></extra>"))
     # Mean and std at each epoch that two runs or more reached with a number (a diverged epoch is not one).
-    finite = {e: [c[e] for c in curves.values() if e in c and math.isfinite(c[e])]
-              for e in sorted(set().union(*(set(c) for c in curves.values())))} if several else {}
-    epochs = [e for e, values in finite.items() if len(values) > 1]
+    epochs, means, stds, counts = mean_curve(curves)
     if epochs:
-        means = [statistics.fmean(finite[e]) for e in epochs]
-        stds = [statistics.stdev(finite[e]) for e in epochs]
         fig.add_trace(go.Scatter(x=epochs + epochs[::-1], y=[m + d for m, d in zip(means, stds)]
                                  + [m - d for m, d in zip(means[::-1], stds[::-1])],
                                  mode="lines", fill="toself", fillcolor="rgba(0,0,0,0.12)", line=dict(width=0),
                                  hoverinfo="skip",
                                  name="mean +- std"))
         fig.add_trace(go.Scatter(x=epochs, y=means, mode="lines", line=dict(color="black", width=3),
-                                 name=f"mean of {len(curves)} seeds", customdata=stds,
-                                 text=[len(finite[e]) for e in epochs],
+                                 name=f"mean of {len(curves)} seeds", customdata=stds, text=counts,
                                  hovertemplate="mean of %{text} runs<br>epoch %{x}: %{y:.2f} +- %{customdata:.2f}%"
                                                "<extra></extra>"))
+    colour = "#d62728"  # the baseline's, apart from the chosen settings' black mean
+    for seed, curve in baseline.items():
+        fig.add_trace(go.Scatter(
+            x=list(curve), y=list(curve.values()), mode="lines", name=f"seed recipe, seed {seed}",
+            line=dict(width=1.5, color=colour, dash="dot"), opacity=0.6,
+            hovertemplate=f"seed recipe, seed {seed}<br>epoch %{{x}}: %{{y:.2f}}%<extra></extra>"))
+    b_epochs, b_means, b_stds, b_counts = mean_curve(baseline, least=1)
+    if len(baseline) > 1 and b_epochs:
+        fig.add_trace(go.Scatter(x=b_epochs, y=b_means, mode="lines", line=dict(color=colour, width=3),
+                                 name=f"seed recipe: mean of {len(baseline)} seeds", text=b_counts,
+                                 hovertemplate="seed recipe, mean of %{text} runs<br>epoch %{x}: %{y:.2f}%"
+                                               "<extra></extra>"))
     title = f"Final run{'s' * several}: {length} with {which}" + (f", {len(curves)} seeds" if several else "")
+    if both:
+        title += ", and the seed recipe on the same seeds"
     fig.update_layout(title=title, height=430, legend=dict(orientation="h", y=-0.2))
-    fig.update_xaxes(title_text="epoch", **integer_ticks(max((max(c, default=0) for c in curves.values()), default=0)))
+    longest = max((max(c, default=0) for c in [*curves.values(), *baseline.values()]), default=0)
+    fig.update_xaxes(title_text="epoch", **integer_ticks(longest))
     fig.update_yaxes(title_text=f"{final.eval_set} accuracy (%)")
     return fig
+
+
+def mean_curve(curves: dict[int, dict[int, float]], least: int = 2
+               ) -> tuple[list[int], list[float], list[float], list[int]]:
+    """Each epoch that two runs or more reached with a number (a diverged epoch is not one): its mean, sample std
+    and how many runs; none for one run."""
+    if len(curves) < 2:
+        return [], [], [], []
+    finite = {e: [c[e] for c in curves.values() if e in c and math.isfinite(c[e])]
+              for e in sorted(set().union(*(set(c) for c in curves.values())))}
+    epochs = [e for e, values in finite.items() if len(values) >= max(2, least)]
+    return (epochs, [statistics.fmean(finite[e]) for e in epochs], [statistics.stdev(finite[e]) for e in epochs],
+            [len(finite[e]) for e in epochs])
 
 
 def final_run_figure(seed: int, run: FinalRun) -> go.Figure:
@@ -540,9 +571,23 @@ def run_text(final: FinalRun) -> str:
 
 
 def final_text(final: FinalRuns) -> str:
-    """The final runs in a line: one run as it stands, or several seeds' mean +- std and each one."""
+    """The final runs in a line: one run as it stands, or several seeds' mean +- std and each one; then the seed
+    recipe's runs beside them (the baseline) as the study's last line says it, or each as it stands."""
     if not final.started:
         return "final run not started"
+    return chosen_text(final) + baseline_text(final)
+
+
+def baseline_text(final: FinalRuns) -> str:
+    summary = final.summary
+    if summary.get("baseline_skipped") or (summary.get("baseline") or {}).get("mean_final_eval_acc") is not None:
+        return comparison_text(summary)
+    if not final.baseline:
+        return ""
+    return "; the seed recipe: " + "; ".join(f"seed {seed}: {run_text(run)}" for seed, run in final.baseline.items())
+
+
+def chosen_text(final: FinalRuns) -> str:
     if len(final.runs) == 1 and len(final.summary.get("seeds", [0])) == 1:
         return run_text(next(iter(final.runs.values())))
     summary, acc = final.summary, Objective("eval_acc", "max")
@@ -559,7 +604,7 @@ def final_text(final: FinalRuns) -> str:
 
 def budget_text(spec: StudySpec, trials: Sequence[FrozenTrial], revalidation: dict[str, Any] | None,
                 final: FinalRuns) -> str:
-    """Epochs the search ran and saved by early stopping; what re-validation and extra final seeds cost."""
+    """Epochs the search ran and saved by early stopping; what re-validation, extra final seeds and the baseline cost."""
     budget = epoch_budget(trials, spec.asha.horizon)
     if budget.saving is None:
         text = "no trial has finished yet"
@@ -581,7 +626,13 @@ def budget_text(spec: StudySpec, trials: Sequence[FrozenTrial], revalidation: di
         text += (f"; extra final seeds: {len(extra)} ({plural(epochs, 'epoch')}"
                  + (f", {format_duration(compute)} of run time" if compute else "")
                  + ", side by side with the first seed's run"
-                 + (", each on its own GPU where there are enough)" if spec.resources.gpus != 0 else ")"))
+                 + (", spread over the GPUs)" if spec.resources.gpus != 0 else ")"))
+    if final.baseline:
+        epochs = sum(len(run.history) for run in final.baseline.values())
+        compute = sum(run.summary.get("wall_time_s") or 0 for run in final.baseline.values())
+        text += (f"; the baseline (the seed recipe's final runs): {plural(len(final.baseline), 'run')} "
+                 f"({plural(epochs, 'epoch')}" + (f", {format_duration(compute)} of run time" if compute else "")
+                 + ", side by side with the chosen settings' runs)")
     return text
 
 
@@ -718,6 +769,10 @@ def build_report(paths: StudyPaths) -> str:
         f"{final.eval_set} set after every epoch"
         + (f", once per seed ({seeds} seeds): each run's {final.eval_set} accuracy, and their mean with a band of one "
            f"sample standard deviation over the epochs every run has reached" if seeds > 1 else "")
+        + (". In red, dotted: the seed recipe's settings (trial 0's) trained the same way on the same seeds (the "
+           "baseline, final/baseline/seed-&lt;s&gt;/), each seed thin and their mean thick: the same seed draws the "
+           "same initialisation, data order and augmentation, so each seed's difference is what the search bought"
+           if final.baseline else "")
         + f". Below it, the first run's loss, accuracy and learning rate at the end of each epoch (each run's "
           f"directory final/seed-&lt;s&gt;/ has its own curves.html). The {final.eval_set} set chose nothing: quote "
           f"the last epoch."))

@@ -3,7 +3,8 @@
 The search's trials are Optuna's (optuna.db, never changed here). Re-validation trains the K best
 complete trials again at the horizon with another seed; the chosen trial is the one with the best
 mean over its runs (its search value and its re-runs). The final runs (one per seed) are summed up
-in final/summary.json: each seed's test accuracy, their mean and sample standard deviation.
+in final/summary.json: each seed's test accuracy, their mean and sample standard deviation; and, with a baseline
+(the seed recipe trained beside them on the same seeds), the same of its runs and the paired difference.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from recipe.checkpoint import write_json, write_text
 from search.record import read_run_record
-from search.study import FINISHED, SEARCHED, StudyPaths, StudySpec
+from search.study import FINISHED, SEARCHED, StudyPaths, StudySpec, final_run_name
 
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
@@ -143,6 +144,7 @@ def best_record(spec: StudySpec, trial: FrozenTrial, revalidation: dict[str, Any
         "params": {name: trial.params[name] for name in SEARCHED},
         "intermediate_values": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
         "final_config": spec.final_config(dict(trial.params)).to_dict(),
+        "baseline_params": spec.seed_params(),  # the seed recipe's (trial 0's): recipe.train --from-study baseline
     }
 
 
@@ -163,48 +165,145 @@ def write_results(paths: StudyPaths, spec: StudySpec, study: optuna.Study,
     return record
 
 
-def final_summary(paths: StudyPaths, seeds: Sequence[int], failed: Collection[int] = ()) -> dict[str, Any]:
-    """The final runs in one record: each seed's run, its last-epoch test accuracy, their mean and sample std.
+# Student's t distribution's 0.975 quantile (two-sided 95%) by degrees of freedom, 1 to 30; beyond, the normal's.
+# (No scipy in this project for one table: tests/test_selection.py checks each against the t density.)
+T_975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788, 2.1604,
+         2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639, 2.0595, 2.0555,
+         2.0518, 2.0484, 2.0452, 2.0423)
+Z_975 = 1.95996
 
-    status: "completed" when every run completed; else the first status of a run --resume runs again
-    ("failed", for the seeds in `failed`, which Tune gave up on; "interrupted"; "not run" for a seed
-    with no summary yet), and only then "diverged", which ended for good.
+
+def t_quantile_975(df: int) -> float:
+    """Student's t 0.975 quantile with `df` degrees of freedom (>= 1): a 95% interval's half-width in standard errors.
+
+    Beyond 30 degrees of freedom the normal's 1.960, a little narrow (2.021 at 40): a study has a few seeds.
+    """
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    return T_975[df - 1] if df <= len(T_975) else Z_975
+
+
+def final_group(paths: StudyPaths, seeds: Sequence[int], baseline: bool, failed: Collection[str]) -> dict[str, Any]:
+    """One group of final runs (the chosen settings', or the baseline's): each seed's run, their mean and sample std.
+
+    `failed`: the runs (final_run_name) Tune gave up on, failed whatever their directory last said.
     """
     runs = []
     for seed in seeds:
-        where = paths.final_run(seed) / "summary.json"
+        name = final_run_name(seed, baseline)
+        where = paths.final_run(seed, baseline) / "summary.json"
         summary = read_run_record(where) if where.is_file() else {"status": "not run"}  # damaged: a RecipeError
-        status = "failed" if seed in failed else summary.get("status")
-        runs.append({"seed": seed, "dir": paths.final_run(seed).name, "status": status,
+        status = "failed" if name in failed else summary.get("status")
+        runs.append({"seed": seed, "dir": name, "status": status,
                      **{k: summary.get(k) for k in ("final_eval_acc", "best_eval_acc", "best_epoch", "epochs_run",
                                                    "epochs", "eval_set", "wall_time_s")}})
-    accs = [r["final_eval_acc"] for r in runs
-            if r["status"] == "completed" and r["final_eval_acc"] is not None and math.isfinite(r["final_eval_acc"])]
-    # A run to do again (failed, interrupted, not run) before one that ended for good (diverged).
-    statuses = [r["status"] for r in runs]
-    status = next((s for s in statuses if s not in FINISHED), next((s for s in statuses if s != "completed"), "completed"))
+    accs = [a for r in runs if (a := completed_acc(r)) is not None]
     return {
-        "status": status,
-        "seeds": list(seeds),
-        "eval_set": next((r["eval_set"] for r in runs if r["eval_set"]), "test"),
         "runs": runs,
         "n": len(accs),
         "mean_final_eval_acc": statistics.fmean(accs) if accs else None,
         "std_final_eval_acc": statistics.stdev(accs) if len(accs) > 1 else None,  # sample std (n - 1)
-        "wall_time_s": max((r["wall_time_s"] or 0 for r in runs), default=0),  # side by side: the longest run
-        "epochs_run": sum(r["epochs_run"] or 0 for r in runs),
     }
 
 
+def completed_acc(run: dict[str, Any]) -> float | None:
+    """A final run's last-epoch test accuracy where it completed with a number; None otherwise."""
+    acc = run.get("final_eval_acc")
+    return acc if run["status"] == "completed" and acc is not None and math.isfinite(acc) else None
+
+
+def paired_difference(chosen: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """Chosen minus baseline, seed by seed, over the seeds both completed: mean, sample std, n and a 95% t-interval.
+
+    Paired because the same seed draws the same initialisation, data order and augmentation in both groups: the
+    seed's own luck cancels out of each difference. None where no seed has both; no std or interval for one.
+    """
+    by_seed = {r["seed"]: completed_acc(r) for r in baseline}
+    pairs = [(r["seed"], a - b) for r in chosen if (a := completed_acc(r)) is not None
+             and (b := by_seed.get(r["seed"])) is not None]
+    if not pairs:
+        return None
+    values = [d for _, d in pairs]
+    n, mean = len(values), statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else None
+    half = t_quantile_975(n - 1) * std / math.sqrt(n) if std is not None else None
+    return {"of": "chosen - baseline", "seeds": [s for s, _ in pairs], "values": values, "n": n, "mean": mean,
+            "std": std, "ci95": [mean - half, mean + half] if half is not None else None}
+
+
+NO_BASELINE = "the chosen settings are the seed recipe's own: no baseline to train"
+
+
+def final_summary(paths: StudyPaths, seeds: Sequence[int], failed: Collection[str] = (),
+                  baseline: bool = False, skipped: str | None = None) -> dict[str, Any]:
+    """The final runs in one record: each seed's run, its last-epoch test accuracy, their mean and sample std; with
+    `baseline`, the same of the seed recipe's runs on the same seeds (`baseline`) and the paired difference, chosen
+    minus baseline (`difference`). `skipped`: why a study that asked for a baseline trains none.
+
+    The chosen settings' group is at the top level (runs, n, mean_final_eval_acc, std_final_eval_acc), as in a study
+    without a baseline. status: "completed" when every run of both groups completed; else the first status of a
+    run --resume runs again ("failed", for the runs in `failed` (final_run_name), which Tune gave up on;
+    "interrupted"; "not run" for a run with no summary yet), and only then "diverged", which ended for good.
+    """
+    chosen = final_group(paths, seeds, False, failed)
+    other = final_group(paths, seeds, True, failed) if baseline else None
+    every = chosen["runs"] + (other["runs"] if other else [])
+    # A run to do again (failed, interrupted, not run) before one that ended for good (diverged).
+    statuses = [r["status"] for r in every]
+    status = next((s for s in statuses if s not in FINISHED), next((s for s in statuses if s != "completed"), "completed"))
+    return {
+        "status": status,
+        "seeds": list(seeds),
+        "eval_set": next((r["eval_set"] for r in every if r["eval_set"]), "test"),
+        **chosen,
+        "baseline": other,
+        "baseline_skipped": skipped,
+        "difference": paired_difference(chosen["runs"], other["runs"]) if other else None,
+        "wall_time_s": max((r["wall_time_s"] or 0 for r in every), default=0),  # side by side: the longest run
+        "epochs_run": sum(r["epochs_run"] or 0 for r in every),
+    }
+
+
+def percent(mean: float, std: float | None) -> str:
+    return f"{100 * mean:.2f}" + (f" +- {100 * std:.2f}%" if std is not None else "%")
+
+
 def final_line(summary: dict[str, Any]) -> str:
-    """The study's last word: "final: 78.12 +- 0.21% test accuracy over 3 seeds" (one number for one seed)."""
+    """The study's last word: "final: 78.12 +- 0.21% test accuracy over 3 seeds" (one number for one seed), and
+    with a baseline "; the seed recipe: 77.40 +- 0.30% (+0.72 points, 95% CI +0.20 to +1.24, paired over 3 seeds)"."""
     mean, std, n = summary["mean_final_eval_acc"], summary["std_final_eval_acc"], summary["n"]
     name = summary.get("eval_set") or "test"
     if mean is None:
-        return f"final: no {name} accuracy ({summary['status']})"
+        return f"final: no {name} accuracy ({summary['status']})" + comparison_text(summary)
     seeds = len(summary["seeds"])
     counted = "" if n == seeds else f" ({n} of {seeds} runs completed)"
     if std is None:
-        return f"final: {100 * mean:.2f}% {name} accuracy" + (f" (seed {summary['runs'][0]['seed']})" if seeds == 1
+        head = f"final: {100 * mean:.2f}% {name} accuracy" + (f" (seed {summary['runs'][0]['seed']})" if seeds == 1
                                                               else counted)
-    return f"final: {100 * mean:.2f} +- {100 * std:.2f}% {name} accuracy over {n} seeds{counted}"
+    else:
+        head = f"final: {100 * mean:.2f} +- {100 * std:.2f}% {name} accuracy over {n} seeds{counted}"
+    return head + comparison_text(summary)
+
+
+def comparison_text(summary: dict[str, Any]) -> str:
+    """The baseline beside the chosen settings, as the study's last line and the report's header say it ("" without)."""
+    if summary.get("baseline_skipped"):
+        return f"; {summary['baseline_skipped']}"
+    baseline = summary.get("baseline")
+    if not baseline:
+        return ""
+    mean, std, n = baseline["mean_final_eval_acc"], baseline["std_final_eval_acc"], baseline["n"]
+    if mean is None:
+        status = next((r["status"] for r in baseline["runs"] if r["status"] != "completed"), "none completed")
+        return f"; the seed recipe: no {summary.get('eval_set') or 'test'} accuracy ({status})"
+    seeds = len(baseline["runs"])
+    counted = "" if n == seeds else f", {n} of {seeds} runs completed"
+    diff = summary.get("difference")
+    if diff is None:
+        return f"; the seed recipe: {percent(mean, std)}{counted}"
+    points = f"{100 * diff['mean']:+.2f} points"
+    if diff["ci95"] is None:
+        return f"; the seed recipe: {percent(mean, std)} ({points}{counted})"
+    low, high = diff["ci95"]
+    return (f"; the seed recipe: {percent(mean, std)} ({points}, 95% CI {100 * low:+.2f} to {100 * high:+.2f}, "
+            f"paired over {diff['n']} seeds{counted})")

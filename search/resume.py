@@ -4,7 +4,7 @@ The record, written by the driver as things happen (never by Tune, never read ba
 - optuna.db: each search trial's settings, its value after every epoch, its state (searcher.StudySearcher);
 - revalidation.json: each re-validation run as it ends (tuning.RerunLog), then the choice;
 - final/summary.json: the final runs' seeds (written as the final stage starts), and each final run's own
-  directory, final/seed-<s>/, whose summary.json says it ended;
+  directory, final/seed-<s>/ (and the baseline's, final/baseline/seed-<s>/), whose summary.json says it ended;
 - checkpoints.json: the latest checkpoint of each run still going, by phase, as Tune reports it
   (KeepLatestCheckpoint): a path under the study's storage (a local disk, a cluster's shared one, s3://...).
   A run's entry goes once it has ended, and the file once none is left.
@@ -18,13 +18,16 @@ Tune's saved experiment state is neither restored nor edited. On --resume:
    the running ones included (and is seeded apart from the draws it made before). ASHA's rungs are every
    trial's values at each rung's epoch (search.asha): no trial is judged twice at a rung.
 2. Re-validation runs the top trials whose re-run its log does not hold as ended (a failed one again).
-3. The final stage runs the seeds whose run directory does not hold an ended run.
+3. The final stage runs the runs (chosen settings and baseline, seed by seed) whose directory does not hold an
+   ended run.
 A new Tune run gives each run the study's max_failures, so a run tried again by --resume has its retries again.
 Nothing that ended runs again, nothing is lost, nothing is added.
 """
 from __future__ import annotations
 
 import contextlib
+import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,9 +37,10 @@ from optuna.trial import TrialState
 from ray import tune
 
 from recipe.checkpoint import write_json
-from search.record import note, read_run_record
+from search.record import load_final_summary, note, read_run_record
+from search.results import final_summary
 from search.storage import fs_path, join
-from search.study import FINISHED, SEARCHED, StudyPaths, read_object
+from search.study import BASELINE, FINISHED, SEARCHED, StudyPaths, final_run_name, read_object
 from search.trainable import run_key
 
 CHECKPOINTS = "checkpoints.json"  # in results/<study>/
@@ -197,7 +201,34 @@ def reruns_left(top: list[int], logged: list[dict[str, Any]]) -> list[int]:
     return [n for n in top if n not in ended]
 
 
-def final_seeds_left(paths: StudyPaths, seeds: list[int]) -> list[int]:
-    """The final runs' seeds whose run directory holds no run that ended for good."""
-    summaries = {s: paths.final_run(s) / "summary.json" for s in seeds}
-    return [s for s, f in summaries.items() if not (f.is_file() and read_run_record(f).get("status") in FINISHED)]
+def final_runs_left(paths: StudyPaths, seeds: list[int], baseline: bool = False) -> list[str]:
+    """The final runs (final_run_name: the chosen settings' seed by seed, then the baseline's) whose run directory
+    holds no run that ended for good."""
+    names = [final_run_name(s) for s in seeds] + ([final_run_name(s, baseline=True) for s in seeds] if baseline else [])
+    return [name for name in names if not ended((paths.final / name) / "summary.json")]
+
+
+def ended(summary: Path) -> bool:
+    return summary.is_file() and read_run_record(summary).get("status") in FINISHED
+
+
+def clear_final(paths: StudyPaths, storage: str, keep_baseline: bool) -> None:
+    """An earlier choice's final runs gone, with their recorded checkpoints, as the choice changed (an extended study).
+
+    With `keep_baseline` the seed recipe's runs stay, ended or midway, with their seeds (final/summary.json keeps
+    them): the new choice's baseline trains the same settings on the same seeds.
+    """
+    record = CheckpointRecord(paths, storage)
+    for key in list(record.read().get("final-tune", {})):
+        if not (keep_baseline and key.startswith(f"{BASELINE}/")):
+            record.drop("final-tune", key)
+    started = load_final_summary(paths) if keep_baseline else None
+    for child in list(paths.final.iterdir()) if paths.final.is_dir() else []:
+        if keep_baseline and child.name == BASELINE:
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+    if started is not None and (paths.final / BASELINE).is_dir():
+        write_json(paths.final / "summary.json", final_summary(paths, started["seeds"], baseline=True))

@@ -4,7 +4,8 @@
 
 Results go to results/<study>/: optuna.db (the Optuna study, live), trials.csv,
 revalidation.json (the top trials trained again), best.json, final/ (a recipe run directory per
-seed, seed-<s>/, and their summary.json) and report.html. Ray Tune's own experiments go to
+seed, seed-<s>/, the seed recipe's beside them with a baseline, baseline/seed-<s>/, and their summary.json) and
+report.html. Ray Tune's own experiments go to
 results/<study>/tune/, revalidate-tune/ and final-tune/ (or under --storage). Ctrl-C or SIGTERM
 stops the study with its state saved; --resume continues it.
 """
@@ -39,7 +40,7 @@ from search.study import FINISHED, StudyPaths, StudySpec
 
 DATA_FLAGS = ("data", "data_dir", "download")
 RESOURCE_FLAGS = ("gpus", "trials_per_gpu", "cpus_per_trial")
-SELECTION_FLAGS = ("revalidate_top", "final_seeds")
+SELECTION_FLAGS = ("revalidate_top", "final_seeds", "baseline")
 INTERRUPTED = 130
 # Ray's switch for single-machine use: with it off, Ray takes 127.0.0.1 as the node's address
 # (in Ray's own choice of the node's IP address), so a local study listens on loopback only.
@@ -66,8 +67,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="train the K best complete trials again with another seed and choose by the mean; "
                              "0 chooses by the single best value (default: the study's)")
     parser.add_argument("--final-seeds", type=int, metavar="N",
-                        help="final runs, one per seed, side by side (default: the study's, else min(3, GPUs), "
-                             "1 on CPU)")
+                        help="final runs, one per seed, side by side (default: the study's, else 3 on GPUs, 1 on CPU)")
+    parser.add_argument("--baseline", action=argparse.BooleanOptionalAction,
+                        help="train the seed recipe's settings (trial 0's) as final runs too, on the same seeds, to "
+                             "compare with the chosen settings (default: the study's [final] baseline)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted study where it stopped")
     parser.add_argument("--no-final", action="store_true", help="stop after the search: no final run")
     add_config_flags(parser, DATA_FLAGS, title="data (passed to every run of the study)")
@@ -152,7 +155,8 @@ def edited_keys(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
         return {prefix.rstrip("."): value}
 
     a, b = flat(then, ""), flat(now, "")
-    toml_names = {"metric": "objective.metric", "selection.final_seeds": "final.seeds"}
+    toml_names = {"metric": "objective.metric", "selection.final_seeds": "final.seeds",
+                  "selection.baseline": "final.baseline"}
     return sorted(toml_names.get(k, k) for k in set(a) | set(b) if a.get(k, None) != b.get(k, None))
 
 

@@ -40,8 +40,9 @@ optional except the search space:
     [recipe]                      # recipe settings for every run of the study
     [trial]                       # recipe settings for the trials only (val_size > 0)
     [final]                       # recipe settings for the final run only, and
-    seeds = 3                     # final runs, one per seed, side by side on their own GPUs
-                                  # (omitted: min(3, GPUs) on GPUs, 1 on CPU)
+    seeds = 3                     # final runs, one per seed, side by side (omitted: 3 on GPUs, 1 on CPU)
+    baseline = true               # train the seed recipe's settings (trial 0's) beside them, on the same
+                                  # seeds: the study ends with "chosen vs seed recipe" (omitted: false)
 
 Every run of a study (trials, re-validation runs, final runs) scores on the same images: the
 validation split and the test subset are drawn with the study's seed (split_seed); a re-run
@@ -114,16 +115,18 @@ class Resources:
 @dataclass(frozen=True)
 class Selection:
     revalidate_top: int = 3
-    final_seeds: int | None = None  # [final] seeds in a study file; None: min(3, GPUs), 1 on CPU
+    final_seeds: int | None = None  # [final] seeds in a study file; None: 3 on GPUs, 1 on CPU
+    baseline: bool = False  # [final] baseline in a study file: the seed recipe trained beside the chosen settings
 
     def seeds_for(self, gpus: int) -> int:
-        """Final runs to train: as many as run side by side without delaying the study (one a GPU), up to 3."""
+        """Final runs to train per settings: 3 on any number of GPUs (they share one where they must), 1 on CPU."""
         if self.final_seeds is not None:
             return self.final_seeds
-        return min(3, gpus) if gpus else 1
+        return 3 if gpus else 1
 
 
-# What a study saved before [selection] existed ran neither re-validation nor several final seeds.
+# What a study saved before [selection] existed ran neither re-validation nor several final seeds (nor a baseline:
+# a study saved before `baseline` existed takes its default, False).
 SELECTION_BEFORE = {"revalidate_top": 0, "final_seeds": 1}
 
 
@@ -393,9 +396,11 @@ def load(study: str, new: bool = True) -> StudySpec:
             raise SpecError(f"{where}: [{name}] sets {seeded[0]}; every run of a study is seeded by the study's "
                             f"top-level seed (re-runs and further final runs take the next seeds)")
     final = dict(data.get("final", {}))
-    selection = _table(where, "selection", data.get("selection", {}), Selection, exclude=("final_seeds",))
+    selection = _table(where, "selection", data.get("selection", {}), Selection, exclude=("final_seeds", "baseline"))
     if "seeds" in final:  # the number of final runs: a key of [final] beside its recipe settings
         selection = dataclasses.replace(selection, final_seeds=_typed(where, "final.seeds", final.pop("seeds"), int, 1))
+    if "baseline" in final:  # likewise: whether the seed recipe is trained beside the chosen settings
+        selection = dataclasses.replace(selection, baseline=_typed(where, "final.baseline", final.pop("baseline"), bool))
     name = _typed(where, "name", data.get("name", path.stem), str)
     if new or not names_one_directory(name):  # a name no study may have is told the rule of a new one
         check_name(where, name, from_file_name="name" not in data)
@@ -417,6 +422,14 @@ def load(study: str, new: bool = True) -> StudySpec:
     if new:
         check_ranges(spec, where)
     return spec
+
+
+BASELINE = "baseline"  # final/baseline/seed-<s>/: the seed recipe's final runs, beside the chosen settings' final/seed-<s>/
+
+
+def final_run_name(seed: int, baseline: bool = False) -> str:
+    """A final run's directory relative to final/, and its name in the study's record: seed-<s> or baseline/seed-<s>."""
+    return f"{BASELINE}/seed-{seed}" if baseline else f"seed-{seed}"
 
 
 @dataclass(frozen=True)
@@ -457,8 +470,8 @@ class StudyPaths:
     def revalidation(self) -> Path:  # the re-validation runs of the top trials and the choice they made
         return self.root / "revalidation.json"
 
-    def final_run(self, seed: int) -> Path:  # one final run: a recipe run directory
-        return self.final / f"seed-{seed}"
+    def final_run(self, seed: int, baseline: bool = False) -> Path:  # one final run: a recipe run directory
+        return self.final / final_run_name(seed, baseline)
 
     @property
     def report(self) -> Path:

@@ -37,19 +37,22 @@ FULL_PATH = "full_path"  # ... and the file it could not write, where the error 
 
 def run_key(config: dict[str, Any]) -> str:
     """A run's name in the study's record of checkpoints: its Optuna trial's number (a search trial, a re-run), or
-    its seed (a final run)."""
-    return str(config["trial_id"]) if "trial_id" in config else f"seed-{config.get('seed')}"
+    its directory under final/ (a final run: seed-<s>, or baseline/seed-<s> for the seed recipe's)."""
+    if "trial_id" in config:
+        return str(config["trial_id"])
+    return str(config["run"]) if "run" in config else f"seed-{config.get('seed')}"
 
 
 def run_recipe(params: dict[str, Any], *, base: dict[str, Any], threads: int, out_dir: str | None = None,
                final: bool = False, settings: dict[int, dict[str, float]] | None = None,
-               checkpoints: dict[str, str] | None = None) -> None:
+               runs: dict[str, dict[str, Any]] | None = None, checkpoints: dict[str, str] | None = None) -> None:
     """Train `base` with the sampled `params`, reporting each epoch's metrics and checkpoint.
 
     A search trial's params are its settings and its Optuna number ("trial_id"). A re-validation run's are
-    {"trial_id": n, "seed": s}: trial n's settings (from `settings`) with seed s. A final run's may hold a
-    seed; with `out_dir` its run directory is out_dir/seed-<seed>. A run continues from Tune's checkpoint of
-    it (a retry), else from the one `checkpoints` names for it (run_key: a run a resumed study continues).
+    {"trial_id": n, "seed": s}: trial n's settings (from `settings`) with seed s. A final run's are {"run": name}:
+    that run's settings and seed (from `runs`); with `out_dir` its run directory is out_dir/<name> (seed-<s>, or
+    baseline/seed-<s>). A run continues from Tune's checkpoint of it (a retry), else from the one `checkpoints`
+    names for it (run_key: a run a resumed study continues).
     """
     import torch  # here: the driver imports this module to hand Tune the trainable, and trains nothing itself
 
@@ -57,11 +60,14 @@ def run_recipe(params: dict[str, Any], *, base: dict[str, Any], threads: int, ou
 
     torch.set_num_threads(threads)
     recorded = (checkpoints or {}).get(run_key(params))
+    name = params.get("run")
     if settings is not None:
         params = {**settings[int(params["trial_id"])], "seed": params["seed"]}
-    params = {k: v for k, v in params.items() if k != "trial_id"}
+    if runs is not None:
+        params = runs[name]
+    params = {k: v for k, v in params.items() if k not in ("trial_id", "run")}
     config = RecipeConfig.from_dict({**base, **params})
-    run_dir = Path(out_dir) / f"seed-{config.seed}" if out_dir else Path.cwd() / RUN_DIR
+    run_dir = Path(out_dir) / (name or f"seed-{config.seed}") if out_dir else Path.cwd() / RUN_DIR
     last = run_dir / "checkpoints" / CHECKPOINT_FILE
     checkpoint = tune.get_checkpoint() or (tune.Checkpoint(recorded) if recorded else None)
     source, missing = str(last), ""

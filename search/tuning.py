@@ -7,6 +7,7 @@ Ray's start and its cluster's checks are search.cluster's.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -24,15 +25,15 @@ from search.cluster import gpus_to_use, start_ray
 from search.live import FinalView, LiveView, RevalidationView, settings
 from search.plan import Plan
 from search.record import load_final_summary, load_revalidation
-from search.results import (final_line, final_summary, open_study, revalidation_record,
+from search.results import (NO_BASELINE, final_line, final_summary, open_study, revalidation_record,
                             top_trials, write_results, write_trials)
 from search.asha import StudyASHA
-from search.resume import (CheckpointRecord, KeepLatestCheckpoint, extend, final_seeds_left, final_settings,
-                           reruns_left, search_left, sweep)
+from search.resume import (CheckpointRecord, KeepLatestCheckpoint, clear_final, extend, final_runs_left,
+                           final_settings, reruns_left, search_left, sweep)
 from search.searcher import FailureReasons, StudySearcher, error_of, fail_running, reason_of
 from search.stopping import Stop
 from search.storage import is_uri, join, whole_files
-from search.study import SEARCHED, StudySpec
+from search.study import SEARCHED, StudySpec, final_run_name
 from search.trainable import DISK_FULL, RUN_DIR, run_recipe
 
 
@@ -40,9 +41,22 @@ class FinalRunFailed(RuntimeError):
     """The final run crashed more often than its retries allow (not bad input: exit status 1)."""
 
 
-def resources(spec: StudySpec, gpus: int, final: bool = False) -> dict[str, float]:
-    gpu = (1.0 if final else 1.0 / spec.resources.trials_per_gpu) if gpus else 0.0
-    return {"cpu": spec.resources.cpus_per_trial, "gpu": gpu}
+def resources(spec: StudySpec, gpus: int, runs: int | None = None) -> dict[str, float]:
+    """A run's share of the machine. A search trial takes 1/trials_per_gpu of a GPU. The `runs` runs of a phase
+    known in advance (re-validation, the final stage) spread over the GPUs first, then share them: 1/k of a GPU
+    each, k = min(trials_per_gpu, ceil(runs / gpus)). Ray packs fractional requests onto one GPU before it uses the
+    next (ray-project/ray#28679): asked for 1/trials_per_gpu each, 3 runs on 4 GPUs would share GPU 0."""
+    share = spec.resources.trials_per_gpu
+    if gpus and runs is not None:
+        share = max(1, min(share, math.ceil(runs / gpus)))
+    return {"cpu": spec.resources.cpus_per_trial, "gpu": 1.0 / share if gpus else 0.0}
+
+
+def at_once(spec: StudySpec, gpus: int, runs: int) -> int:
+    """How many of a phase's `runs` run at a time with resources(spec, gpus, runs): what the GPUs and CPUs take."""
+    by_cpu = max(1, int(ray.cluster_resources().get("CPU", 1) // spec.resources.cpus_per_trial))
+    by_gpu = int(round(gpus / resources(spec, gpus, runs)["gpu"])) if gpus else runs
+    return max(1, min(runs, by_cpu, by_gpu))
 
 
 def concurrency(spec: StudySpec, gpus: int) -> int:
@@ -220,16 +234,16 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study, stop: Stop) -> dict[str,
     seed = spec.revalidation_seed()
     experiment, log = join(p.storage, "revalidate-tune"), str(paths.revalidation)
     record = CheckpointRecord(paths, p.storage)
+    left = reruns_left([t.number for t in top], logged_reruns(log))
     trainable = tune.with_resources(
         tune.with_parameters(run_recipe, base=base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus),
                              threads=spec.trial_threads(), checkpoints=record.uris("revalidate-tune"),
                              settings={t.number: {k: t.params[k] for k in SEARCHED} for t in top}),
-        resources(spec, gpus),
+        resources(spec, gpus, runs=len(left)),  # spread over the GPUs: a GPU each where there are enough
     )
     print(f"re-validation: the {len(top)} best complete trial{'s' * (len(top) != 1)} ("
           f"{', '.join(str(t.number) for t in top)}) again for {spec.asha.horizon} epochs with seed {seed}; "
           f"the best mean wins")
-    left = reruns_left([t.number for t in top], logged_reruns(log))
     if left:
         tuner = tune.Tuner(
             trainable,
@@ -254,39 +268,86 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study, stop: Stop) -> dict[str,
     return chosen
 
 
-def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str, Any]:
-    """The full recipe with the chosen settings, once per seed, side by side (a GPU each), under Tune for its retries.
+def baseline_of(spec: StudySpec, best: dict[str, Any]) -> tuple[bool, str | None]:
+    """Whether the final stage trains the seed recipe beside the chosen settings; and why not, where the study
+    asked for it but the chosen settings are the seed recipe's own (nothing to compare)."""
+    if not spec.selection.baseline:
+        return False, None
+    if best["params"] == spec.seed_params():
+        return False, NO_BASELINE
+    return True, None
 
-    Each run's directory is final/seed-<s>/; final/summary.json sums them up (results.final_summary). It is written
-    first as the stage starts, so that a resumed study runs the same seeds whatever GPUs it has then.
+
+def final_plan(p: Plan, gpus: int) -> tuple[list[int], int]:
+    """The final stage's seeds (those it began with, where it has) and how many runs it trains at most (the baseline
+    beside the chosen settings where the study asks for it)."""
+    started = load_final_summary(p.paths)
+    seeds = started["seeds"] if started else p.spec.final_seeds(gpus)
+    return seeds, len(seeds) * (2 if p.spec.selection.baseline else 1)
+
+
+def final_stage_line(p: Plan, gpus: int) -> str:
+    """The study's first lines: how many final runs there will be, and how many run at once."""
+    seeds, runs = final_plan(p, gpus)
+    what = f"{plural(len(seeds), 'seed')} of the chosen settings"
+    if p.spec.selection.baseline:
+        what += (f" and {len(seeds)} of the seed recipe's beside them (the baseline, unless the seed recipe is "
+                 f"chosen): {runs} runs")
+    return f"final stage: {what}, up to {at_once(p.spec, gpus, runs)} at a time"
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
+
+
+def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str, Any]:
+    """The full recipe with the chosen settings, once per seed, and with a baseline the seed recipe's settings on the
+    same seeds, all side by side (spread over the GPUs, then sharing them), under Tune for its retries.
+
+    Each run's directory is final/seed-<s>/ (the baseline's final/baseline/seed-<s>/); final/summary.json sums them
+    up (results.final_summary). It is written first as the stage starts, so that a resumed study runs the same seeds
+    whatever GPUs it has then.
     """
     spec, paths = p.spec, p.paths
     local = p.address is None
     config = best["final_config"]
     started = load_final_summary(paths)
     seeds = started["seeds"] if started else spec.final_seeds(gpus)
+    baseline, skipped = baseline_of(spec, best)
     if not started:
-        write_json(paths.final / "summary.json", final_summary(paths, seeds))
+        write_json(paths.final / "summary.json", final_summary(paths, seeds, baseline=baseline, skipped=skipped))
     experiment, record = join(p.storage, "final-tune"), CheckpointRecord(paths, p.storage)
-    left = final_seeds_left(paths, seeds)
-    where = paths.final_run(seeds[0]) if len(seeds) == 1 else f"{paths.final}/seed-{{{','.join(map(str, seeds))}}}"
+    left = final_runs_left(paths, seeds, baseline)
+    runs = {final_run_name(s): {**best["params"], "seed": s} for s in seeds}
+    if baseline:
+        runs |= {final_run_name(s, baseline=True): {**spec.seed_params(), "seed": s} for s in seeds}
+
+    def where(base: bool) -> str:
+        return (str(paths.final_run(seeds[0], base)) if len(seeds) == 1
+                else f"{paths.final_run(seeds[0], base).parent}/seed-{{{','.join(map(str, seeds))}}}")
+
     print(f"final run{'s' * (len(seeds) > 1)}: {config['epochs']} epochs with {settings(best['params'])}"
-          f"{f', seeds {seeds[0]} to {seeds[-1]}, side by side' if len(seeds) > 1 else ''} -> {where}")
+          f"{f', seeds {seeds[0]} to {seeds[-1]}, side by side' if len(seeds) > 1 else ''} -> {where(False)}")
+    if baseline:
+        print(f"baseline: the seed recipe's settings, {settings(spec.seed_params())}, on the same "
+              f"seed{'s' * (len(seeds) > 1)} beside them -> {where(True)}")
+    elif skipped:
+        print(f"baseline: none; {skipped}")
     results = []
     if left:
         trainable = tune.with_resources(
             tune.with_parameters(run_recipe, base=base_config(config, gpus), threads=spec.trial_threads(),
-                                 out_dir=str(paths.final) if local else None, final=True,
+                                 out_dir=str(paths.final) if local else None, final=True, runs=runs,
                                  checkpoints=record.uris("final-tune")),
-            resources(spec, gpus, final=True),
+            resources(spec, gpus, runs=len(left)),
         )
         tuner = tune.Tuner(
             trainable,
-            param_space={**best["params"], "seed": tune.grid_search(left)},
-            tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),  # more seeds than GPUs: no new worker each
+            param_space={"run": tune.grid_search(left)},
+            tune_config=tune.TuneConfig(num_samples=1, reuse_actors=True),  # more runs than fit: no new worker each
             # On a cluster a run may land on another node: its files travel with Tune's sync. A run that fails for
             # good keeps its checkpoint: --resume tries it again from there.
-            run_config=run_config(p, "final-tune", [FinalView(config["epochs"], len(seeds) > 1),
+            run_config=run_config(p, "final-tune", [FinalView(config["epochs"], len(runs) > 1),
                                                     KeepLatestCheckpoint(record, "final-tune", errored=False)],
                                   sync_artifacts=not local),
         )
@@ -295,15 +356,15 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str
     if not local:
         for r in results:
             if r.error is None:
-                target = paths.final_run(int(r.config["seed"]))
+                target = paths.final / r.config["run"]
                 if target.exists():
                     shutil.rmtree(target)
                 pyarrow.fs.copy_files(f"{r.path}/{RUN_DIR}", str(target), source_filesystem=r.filesystem)
-    summary = final_summary(paths, seeds, failed={int(r.config["seed"]) for r in errors})
+    summary = final_summary(paths, seeds, failed={r.config["run"] for r in errors}, baseline=baseline, skipped=skipped)
     write_json(paths.final / "summary.json", summary)
     if errors:
         e = errors[0]
-        raise FinalRunFailed(f"the final run with seed {e.config['seed']} failed after "
+        raise FinalRunFailed(f"the final run final/{e.config['run']} failed after "
                              f"{spec.resources.max_failures + 1} attempts: {str(e.error).strip().splitlines()[-1]}")
     sweep(experiment)  # nothing of the final stage will be continued
     return summary
@@ -366,6 +427,8 @@ def run(p: Plan, stop: Stop) -> int:
         where = f"{gpus} GPU{'s' * (gpus != 1)}, {spec.resources.trials_per_gpu} trials each" if gpus else "CPU only"
         print(f"study {spec.name!r}: {spec.trials} trials, horizon {spec.asha.horizon} epochs, ASHA rungs at "
               f"{spec.rungs()}, {where}, up to {concurrency(spec, gpus)} at a time")
+        if p.final:
+            print(final_stage_line(p, gpus))
         print(f"results: {paths.root}   live: optuna-dashboard {paths.storage_url}")
         search(p, gpus, stop)
         study = open_study(paths, spec)
@@ -385,10 +448,11 @@ def run(p: Plan, stop: Stop) -> int:
               f"-> {paths.best}")
         trained = final_settings(paths)  # those of the choice before, where its final runs began
         if trained is not None and trained != best["params"]:  # an extended study chose other settings
+            keep = baseline_of(spec, best)[0]  # the seed recipe's runs are the same whatever the choice
             print(f"the choice changed to trial {best['trial_id']}: the final runs train again with its settings, in "
-                  f"place of {paths.final}")
-            shutil.rmtree(paths.final, ignore_errors=True)
-            CheckpointRecord(paths, p.storage).drop("final-tune")
+                  f"place of {paths.final}" + (f" (the baseline's runs, {paths.final / 'baseline'}, kept)"
+                                               if keep and (paths.final / 'baseline').is_dir() else ""))
+            clear_final(paths, p.storage, keep_baseline=keep)
         elif grew and trained is not None:
             print(f"trial {best['trial_id']} stays the choice: its final runs are not trained again")
         write_report(p)

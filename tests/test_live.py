@@ -172,3 +172,13 @@ def test_each_final_epoch_is_a_line_naming_its_seed_where_there_are_several(seve
     seed = " (seed 2)" if several else ""
     assert out.getvalue().split("  ", 1)[1] == (f"final epoch 3/250{seed}: train loss 1.5000, test accuracy 50.00%, "
                                                f"1000 img/s\n")
+
+
+def test_a_baseline_runs_final_epochs_are_named_as_the_seed_recipes():
+    out = Stream(tty=False)
+    view = live.FinalView(epochs=250, several=True, stream=out)
+    for run in ("seed-1", "baseline/seed-1"):
+        view.on_trial_result(0, [], SimpleNamespace(config={"run": run}),
+                             {"epoch": 3, "train_loss": 1.5, "eval_acc": 0.5, "images_per_s": 1000.0})
+    lines = [line.split("  ", 1)[1].split(":")[0] for line in out.getvalue().splitlines()]
+    assert lines == ["final epoch 3/250 (seed 1)", "final epoch 3/250 (seed 1, baseline)"]

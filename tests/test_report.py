@@ -470,3 +470,29 @@ def test_a_study_from_before_final_seeds_shows_its_one_final_run(tmp_path):
     page = report.write_report(paths).read_text()
     assert text_of(page, "header-final").startswith("test accuracy 45.00% at the last epoch (4 of 4)")
     assert "fig-final" in figure_ids(page)
+
+
+def test_the_baseline_is_drawn_beside_the_final_runs_and_the_header_compares_them_as_the_last_line_does(tmp_path):
+    from report_fixture import write_final
+    from search import results
+
+    paths = make_study(tmp_path, "base", SMALL, finished=True, final="completed", seeds=2)
+    for i, seed in enumerate((0, 1)):  # the seed recipe's runs: 3 and 2 points below the chosen ones
+        write_final(paths.final_run(seed, baseline=True), epochs=4, run=4, status="completed", shift=-0.03 + 0.02 * i)
+    summary = results.final_summary(paths, [0, 1], baseline=True)
+    (paths.final / "summary.json").write_text(json.dumps(summary))
+    final = report.load_final(paths, paths.load_spec())
+    fig = report.final_figure(final, best=None)
+    assert [t.name for t in fig.data] == ["seed 0", "seed 1", "mean +- std", "mean of 2 seeds",
+                                          "seed recipe, seed 0", "seed recipe, seed 1", "seed recipe: mean of 2 seeds"]
+    thin, thick = fig.data[4], fig.data[6]
+    assert thin.line.width < thick.line.width and fig.data[5].line.width < thick.line.width
+    assert list(thick.y) == pytest.approx([19.0, 32.0, 45.0, 43.0])  # its seeds 1 point below and above
+    page = report.write_report(paths).read_text()
+    # The study's last line's words: the seed recipe, its mean +- std, the paired difference and its interval.
+    assert text_of(page, "header-final").endswith(results.comparison_text(summary))
+    assert results.comparison_text(summary) == ("; the seed recipe: 43.00 +- 1.41% (+2.50 points, 95% CI -3.85 to "
+                                                "+8.85, paired over 2 seeds)")
+    assert "the baseline (the seed recipe's final runs): 2 runs (8 epochs, 16 s of run time" in text_of(page,
+                                                                                                   "header-epochs")
+    assert "final/baseline/seed-&lt;s&gt;/" in page or "final/baseline/seed-<s>/" in html.unescape(page)

@@ -183,15 +183,18 @@ def test_a_study_on_a_cluster_that_loses_a_node_mid_trial_goes_on_and_collects_i
 
 
 # A study's driver on a machine that shows two GPUs: its own Ray is given two logical ones (Ray's scheduler
-# places fractions of them as it would real ones) and each trial logs where Ray placed it. The trial trains
-# nothing: it waits until four trials have started (or 150 s, when fewer can run at once), then reports its
-# epochs, all equal so that ASHA stops none.
+# places fractions of them as it would real ones) and each run logs where Ray placed it. The run trains nothing:
+# it waits until every run of its phase that can run at once has started (or 150 s, when fewer can), then reports
+# its epochs. The search's trials (5, two to a GPU: four at once) are all equal until the horizon, where trial 0, the
+# seed recipe, is behind: ASHA stops none, and the choice is another trial, so that the seed recipe is trained
+# beside it as the baseline. Re-validation (the top 2) and the final stage (2 seeds, and the baseline's 2) follow.
 LOGICAL_GPUS = """
 import json, os, sys, time
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # loopback only, as search.run sets it
 import search.plan, search.trainable
 
 LOG = os.environ["TRIAL_LOG"]
+AT_ONCE = {"search": 4, "revalidation": 2, "final": 4}
 
 
 def write(event, **fields):
@@ -199,23 +202,31 @@ def write(event, **fields):
         f.write(json.dumps({"event": event, "t": time.time(), **fields}) + "\\n")
 
 
-def started():
+def started(phase):
     with open(LOG) as f:
-        return sum(json.loads(line)["event"] == "start" for line in f)
+        return sum(e["event"] == "start" and e["phase"] == phase for e in map(json.loads, f))
 
 
-def trial(params, *, base, threads, **more):  # as search.trainable.run_recipe is called
+def trial(params, *, base, threads, out_dir=None, **more):  # as search.trainable.run_recipe is called
     import ray
     from ray import tune
 
-    write("start", gpus=[str(g) for g in ray.get_gpu_ids()], device=base["device"], pid=os.getpid())
+    phase = "final" if "run" in params else "revalidation" if "lr" not in params else "search"
+    name = params.get("run", params.get("trial_id"))
+    write("start", phase=phase, run=name, gpus=[str(g) for g in ray.get_gpu_ids()], device=base["device"],
+          pid=os.getpid())
     deadline = time.time() + 150  # Ray starts workers at nice 15: on a busy machine they start slowly
-    while started() < 4 and time.time() < deadline:
+    while started(phase) < AT_ONCE[phase] and time.time() < deadline:
         time.sleep(0.05)
     for epoch in (1, 2, 3):
+        acc = 0.5 if epoch < 3 or name == 0 else 0.6
         if epoch == 3:
-            write("end", pid=os.getpid())  # before the last report: Tune may stop the trial there
-        tune.report({"epoch": epoch, "eval_acc": 0.5})
+            write("end", phase=phase, pid=os.getpid())  # before the last report: Tune may stop the trial there
+            if out_dir:  # a final run's own record, as recipe.train writes it
+                os.makedirs(f"{out_dir}/{name}", exist_ok=True)
+                with open(f"{out_dir}/{name}/summary.json", "w") as f:
+                    json.dump({"status": "completed", "final_eval_acc": acc, "epochs_run": 3, "epochs": 3}, f)
+        tune.report({"epoch": epoch, "eval_acc": acc, "train_loss": 1.0, "images_per_s": 1.0})
 
 
 search.plan.local_gpus = lambda: 2  # before search.run and search.tuning import it
@@ -226,29 +237,78 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def test_trials_per_gpu_puts_that_many_trials_on_each_gpu_and_runs_gpus_times_that_many_at_once(tmp_path):
+@pytest.fixture(scope="module")
+def logical_gpus(tmp_path_factory):
+    """The study on two logical GPUs, to its end: its output and each run's events, in time order."""
+    tmp_path = tmp_path_factory.mktemp("gpus")
     log = tmp_path / "trials.jsonl"
     log.touch()
     run = subprocess.run([sys.executable, "-c", LOGICAL_GPUS, "--study", TINY, "--results-dir", str(tmp_path / "r"),
                           "--trials", "5", "--gpus", "2", "--trials-per-gpu", "2", "--cpus-per-trial", "0.5",
-                          "--no-final"], cwd=REPO, capture_output=True, text=True, timeout=300,
-                         env=os.environ | {"TRIAL_LOG": str(log)}, stdin=subprocess.DEVNULL)
+                          "--revalidate-top", "2", "--final-seeds", "2", "--baseline"], cwd=REPO, capture_output=True,
+                         text=True, timeout=400, env=os.environ | {"TRIAL_LOG": str(log)}, stdin=subprocess.DEVNULL)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "2 GPUs, 2 trials each, up to 4 at a time" in run.stdout.splitlines()[0]
     events = sorted((json.loads(line) for line in log.read_text().splitlines()), key=lambda e: e["t"])
-    starts = [e for e in events if e["event"] == "start"]
-    assert len(starts) == 5 and len([e for e in events if e["event"] == "end"]) == 5
-    # Each trial on one GPU, as a GPU run (device "cuda"), a trial's share of a GPU being half of one.
-    assert all(len(e["gpus"]) == 1 and e["device"] == "cuda" for e in starts), starts
-    # At most four at once, two on each GPU; four did run at once (the first four waited for each other).
+    return run, events
+
+
+def at_once(events: list[dict], phase: str) -> tuple[int, list[Counter]]:
+    """The most runs of a phase running at once, and how many shared each GPU at every start."""
     running: dict[int, str] = {}
-    most = 0
-    for e in events:
+    most, shares = 0, []
+    for e in (e for e in events if e["phase"] == phase):
         if e["event"] == "start":
             running[e["pid"]] = e["gpus"][0]
-            assert max(Counter(running.values()).values()) <= 2, running
+            shares.append(Counter(running.values()))
             most = max(most, len(running))
         else:
             del running[e["pid"]]
-    assert most == 4
+    return most, shares
+
+
+def test_trials_per_gpu_puts_that_many_trials_on_each_gpu_and_runs_gpus_times_that_many_at_once(logical_gpus):
+    run, events = logical_gpus
+    assert "2 GPUs, 2 trials each, up to 4 at a time" in run.stdout.splitlines()[0]
+    starts = [e for e in events if e["event"] == "start" and e["phase"] == "search"]
+    assert len(starts) == 5 and len([e for e in events if e["event"] == "end" and e["phase"] == "search"]) == 5
+    # Each trial on one GPU, as a GPU run (device "cuda"), a trial's share of a GPU being half of one.
+    assert all(len(e["gpus"]) == 1 and e["device"] == "cuda" for e in starts), starts
+    # At most four at once, two on each GPU; four did run at once (the first four waited for each other).
+    most, shares = at_once(events, "search")
+    assert most == 4 and all(max(share.values()) <= 2 for share in shares), shares
     assert Counter(e["gpus"][0] for e in starts[:4]) == Counter({"0": 2, "1": 2})
+
+
+def test_re_validation_spreads_its_runs_over_the_gpus_before_they_share_one(logical_gpus):
+    _, events = logical_gpus
+    starts = [e for e in events if e["event"] == "start" and e["phase"] == "revalidation"]
+    assert sorted(e["run"] for e in starts) == [1, 2]  # the top 2: trial 0 was behind at the horizon
+    # A GPU each, at once (Ray would have packed two half-GPU requests onto GPU 0).
+    assert sorted(e["gpus"][0] for e in starts) == ["0", "1"]
+    assert at_once(events, "revalidation")[0] == 2
+
+
+def test_the_final_stage_trains_the_seed_recipe_beside_the_chosen_settings_spread_over_the_gpus(logical_gpus):
+    run, events = logical_gpus
+    assert ("final stage: 2 seeds of the chosen settings and 2 of the seed recipe's beside them (the baseline, "
+            "unless the seed recipe is chosen): 4 runs, up to 4 at a time") in run.stdout.splitlines()[1]
+    starts = [e for e in events if e["event"] == "start" and e["phase"] == "final"]
+    assert sorted(e["run"] for e in starts) == ["baseline/seed-0", "baseline/seed-1", "seed-0", "seed-1"]
+    # Four runs on two GPUs: half a GPU each, two to a GPU, all four at once.
+    assert Counter(e["gpus"][0] for e in starts) == Counter({"0": 2, "1": 2})
+    assert at_once(events, "final")[0] == 4
+    assert run.stdout.strip().splitlines()[-1] == ("final: 60.00 +- 0.00% test accuracy over 2 seeds; the seed recipe: "
+                                                   "60.00 +- 0.00% (+0.00 points, 95% CI +0.00 to +0.00, paired over 2 "
+                                                   "seeds)")
+
+
+@pytest.mark.parametrize("runs, gpus, share", [(3, 4, 1.0), (6, 4, 1 / 2), (3, 1, 1 / 3), (12, 1, 1 / 4), (5, 2, 1 / 3)],
+                         ids=["3-on-4", "6-on-4", "3-on-1", "12-on-1", "5-on-2"])
+def test_a_phases_runs_ask_for_a_share_of_a_gpu_that_spreads_them_over_the_gpus_before_they_share(runs, gpus, share):
+    from search.study import load
+    from search.tuning import resources
+
+    spec = load("default")  # 4 trials share a GPU
+    assert resources(spec, gpus, runs=runs) == {"cpu": 2, "gpu": pytest.approx(share)}
+    assert resources(spec, gpus) == {"cpu": 2, "gpu": 1 / 4}  # a search trial: trials_per_gpu to a GPU
+    assert resources(spec, 0, runs=runs)["gpu"] == 0.0

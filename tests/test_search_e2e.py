@@ -28,11 +28,19 @@ def better(value: float) -> float:
     return -value if SPEC.mode == "max" else value
 
 
+def with_baseline(run) -> bool:
+    """Whether the study trained the seed recipe beside its choice: it asks for it (smoke.toml), unless it chose the
+    seed recipe (which trial it chose depends on the CPU's kernels)."""
+    return json.loads((run.root / "best.json").read_text())["params"] != SPEC.seed_params()
+
+
 def test_the_smoke_study_runs_to_the_end(smoke_study):
     assert smoke_study.returncode == 0, smoke_study.stderr[-3000:]
     for name in ("optuna.db", "revalidation.json", "best.json", "trials.csv", "spec.json", "report.html",
                  "final/summary.json", "final/seed-0/summary.json", "final/seed-1/summary.json"):
         assert (smoke_study.root / name).exists(), name
+    baseline = [f"final/baseline/seed-{s}/summary.json" for s in (0, 1)]
+    assert all((smoke_study.root / name).exists() == with_baseline(smoke_study) for name in baseline)
 
 
 def revalidation(run):
@@ -114,7 +122,8 @@ def test_trials_csv_has_a_row_per_trial_matching_the_optuna_study(smoke_study):
 def test_two_final_runs_train_the_chosen_settings_with_seeds_0_and_1_on_the_whole_training_set(smoke_study):
     best = json.loads((smoke_study.root / "best.json").read_text())
     final = smoke_study.root / "final"
-    assert sorted(d.name for d in final.iterdir() if d.is_dir()) == ["seed-0", "seed-1"]
+    assert sorted(d.name for d in final.iterdir() if d.is_dir()) == ["baseline"] * with_baseline(smoke_study) + [
+        "seed-0", "seed-1"]
     for seed in (0, 1):
         run = final / f"seed-{seed}"
         summary = json.loads((run / "summary.json").read_text())
@@ -134,8 +143,37 @@ def test_final_summary_aggregates_the_seeds_and_the_last_line_says_mean_and_std(
     assert [r["final_eval_acc"] for r in summary["runs"]] == accs
     assert summary["mean_final_eval_acc"] == pytest.approx(statistics.fmean(accs))
     assert summary["std_final_eval_acc"] == pytest.approx(statistics.stdev(accs))
-    assert smoke_study.stdout.strip().splitlines()[-1] == (
-        f"final: {100 * statistics.fmean(accs):.2f} +- {100 * statistics.stdev(accs):.2f}% test accuracy over 2 seeds")
+    assert smoke_study.stdout.strip().splitlines()[-1].startswith(
+        f"final: {100 * statistics.fmean(accs):.2f} +- {100 * statistics.stdev(accs):.2f}% test accuracy over 2 seeds; ")
+
+
+def test_the_seed_recipe_is_trained_beside_the_chosen_settings_on_the_same_seeds_and_the_last_line_compares(smoke_study):
+    summary = json.loads((smoke_study.root / "final" / "summary.json").read_text())
+    last = smoke_study.stdout.strip().splitlines()[-1]
+    if not with_baseline(smoke_study):  # the seed recipe chosen: nothing to compare it with
+        assert summary["baseline"] is None and summary["baseline_skipped"]
+        assert "baseline: none; the chosen settings are the seed recipe's own: no baseline to train" in smoke_study.stdout
+        assert last.endswith("; the chosen settings are the seed recipe's own: no baseline to train")
+        return
+    best = json.loads((smoke_study.root / "best.json").read_text())
+    runs = {s: smoke_study.root / "final" / "baseline" / f"seed-{s}" for s in (0, 1)}
+    for seed, run in runs.items():
+        # The seed recipe's settings in the final runs' recipe: another seed, the same images.
+        config = json.loads((run / "config.json").read_text())
+        assert config == best["final_config"] | SPEC.seed_params() | {"device": "cpu", "seed": seed, "split_seed": 0}
+        assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    accs = [json.loads((runs[s] / "summary.json").read_text())["final_eval_acc"] for s in (0, 1)]
+    chosen = [r["final_eval_acc"] for r in summary["runs"]]
+    assert [r["final_eval_acc"] for r in summary["baseline"]["runs"]] == accs
+    assert summary["baseline"]["mean_final_eval_acc"] == pytest.approx(statistics.fmean(accs))
+    differences = [c - b for c, b in zip(chosen, accs)]
+    assert summary["difference"]["values"] == pytest.approx(differences) and summary["difference"]["n"] == 2
+    mean, std = statistics.fmean(differences), statistics.stdev(differences)
+    assert last.endswith(
+        f"; the seed recipe: {100 * statistics.fmean(accs):.2f} +- {100 * statistics.stdev(accs):.2f}% "
+        f"({100 * mean:+.2f} points, 95% CI {100 * (mean - 12.7062 * std / 2 ** 0.5):+.2f} to "
+        f"{100 * (mean + 12.7062 * std / 2 ** 0.5):+.2f}, paired over 2 seeds)")
+    assert "final epoch 4/4 (seed 0, baseline)" in smoke_study.stdout
 
 
 def test_a_finished_study_keeps_the_final_runs_weights_and_no_tune_checkpoints(smoke_study):
@@ -144,6 +182,8 @@ def test_a_finished_study_keeps_the_final_runs_weights_and_no_tune_checkpoints(s
     assert len(trial_dirs) == SPEC.trials  # every trial's own record is still there ...
     assert not list(root.rglob("checkpoint_*"))  # ... but not its ~170 MB (at full width) checkpoint
     assert all((root / "final" / f"seed-{s}" / "checkpoints" / "last.pt").is_file() for s in (0, 1))
+    assert all((root / "final" / "baseline" / f"seed-{s}" / "checkpoints" / "last.pt").is_file()
+               == with_baseline(smoke_study) for s in (0, 1))
 
 
 def test_each_final_run_names_the_git_commit_it_ran_from(smoke_study):
@@ -160,16 +200,21 @@ def test_tunes_directories_hold_each_trials_records_and_no_tensorboard_files(smo
         assert not list(experiment.rglob("events.out.tfevents*")), name
 
 
-@pytest.mark.parametrize("seed", [None, 1])
-def test_from_study_best_reruns_a_final_run_without_ray_seed_0_unless_told(smoke_study, tmp_path, capsys, no_ray, seed):
+@pytest.mark.parametrize("which, seed", [("best", None), ("baseline", 1)])
+def test_from_study_best_or_baseline_reruns_a_final_run_without_ray_seed_0_unless_told(smoke_study, tmp_path, capsys,
+                                                                                       no_ray, which, seed):
     out = tmp_path / "again"
-    code = train_main(["--from-study", "best", "--study", "smoke", "--results-dir", str(smoke_study.results),
+    code = train_main(["--from-study", which, "--study", "smoke", "--results-dir", str(smoke_study.results),
                        "--epochs", "1", "--out", str(out), *(["--seed", str(seed)] if seed is not None else [])])
     assert code == 0
-    final = json.loads((smoke_study.root / "final" / f"seed-{seed or 0}" / "config.json").read_text())
+    # The study's run of that seed as it trained it; where it chose the seed recipe it trained no baseline: its
+    # chosen runs have the same settings.
+    run = f"seed-{seed or 0}" if which == "best" or not with_baseline(smoke_study) else f"baseline/seed-{seed}"
+    final = json.loads((smoke_study.root / "final" / run / "config.json").read_text())
     assert json.loads((out / "config.json").read_text()) == final | {"epochs": 1}
     best = json.loads((smoke_study.root / "best.json").read_text())
-    assert f"best trial {best['trial_id']}" in capsys.readouterr().out
+    assert (f"best trial {best['trial_id']}" if which == "best" else "the seed recipe (the baseline, trial 0's "
+            "settings)") in capsys.readouterr().out
 
 
 def test_from_study_trains_a_given_trials_settings_with_the_whole_final_config(smoke_study, tmp_path):
@@ -223,7 +268,8 @@ def test_the_smoke_study_report_renders_fully_in_a_browser(smoke_study):
     assert {"fig-final", "fig-final-run", "fig-revalidation", "fig-history", "fig-curves", "fig-parallel",
             "fig-slice"} <= set(ids)
     final = next(f for f in found["figures"] if f["id"] == "fig-final")
-    assert final["traces"] == 4  # seeds 0 and 1, the band of one std and their mean
+    # Seeds 0 and 1, the band of one std and their mean; the baseline's seeds 0 and 1 and their mean.
+    assert final["traces"] == 4 + 3 * with_baseline(smoke_study)
     assert all(f["svg"] >= 1 and f["drawn"] >= 1 for f in found["figures"]), found["figures"]
     # Importances need five complete trials; where there are fewer the page says so instead.
     complete = sum(t.state == TrialState.COMPLETE for t in optuna_trials(smoke_study))

@@ -13,8 +13,9 @@ One study (tests/studies/tiny.toml, 5 trials, one at a time) goes through all of
    the top trials (--revalidate-top 2) as the first re-run ends, before the second has started;
 4. `--resume`: SIGTERM as the second re-run starts, all of re-validation's runs left running: exit 130 and the
    --resume command; `--resume`: re-validation goes on with the second re-run, without running the first again;
-   the final run, SIGKILLed in its first epochs; `--resume`: SIGTERM while the final run runs: exit 130 and the
-   --resume command;
+   the final stage (the chosen settings' run, then the seed recipe's beside it, one at a time), SIGKILLed once
+   the first has ended and the baseline's is midway (without a baseline, the seed recipe chosen: in the final
+   run's first epochs); `--resume`: SIGTERM while the final run runs: exit 130 and the --resume command;
 5. `--resume` ends the study.
 """
 import contextlib
@@ -34,6 +35,7 @@ from optuna.trial import TrialState
 
 from conftest import ONE_AT_A_TIME, REPO, process_tree, read_trials, run_study, tiny_config
 from recipe.config import SEARCHED
+from search.study import load as load_study
 
 STUDY = str(REPO / "tests" / "studies" / "tiny.toml")
 PLANNED = 5
@@ -226,17 +228,23 @@ def interrupted(tmp_path_factory):
     k["reval_after_stop"] = json.loads((root / "revalidation.json").read_text())
     k["best_after_reval_stop"] = (root / "best.json").exists()
 
-    # Re-validation goes on, then the final run, killed in its first epochs; SIGTERM in the final run; 5. the end.
+    # Re-validation goes on, then the final stage, killed with the chosen run ended and the baseline's midway (or in
+    # the one final run's first epochs); SIGTERM in the final stage; 5. the end.
     final_seen: dict = {}
 
     def kill_in_final(proc, out):
-        if "tree" not in final_seen and "final epoch 1/" in out:
+        if "tree" not in final_seen and ("final epoch 1/2 (seed 0, baseline)" in out
+                                         or "baseline: none" in out and "final epoch 1/" in out):
             kill_tree(proc, final_seen)
+            final_seen["ended"] = {run: json.loads((root / "final" / run / "summary.json").read_text())["status"]
+                                   for run in ("seed-0", "baseline/seed-0")
+                                   if (root / "final" / run / "summary.json").is_file()}
 
     try:
         k["final_killed"] = run_study(args + ["--resume"], watch=kill_in_final, poll=0.1)
     finally:
         clean_up(final_seen.get("tree", []))
+    k["final_at_kill"] = final_seen.get("ended")
     final_stop: dict = {}
 
     def stop_in_final(proc, out):
@@ -425,11 +433,13 @@ def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(interr
     assert k["ended"].returncode == 0, k["ended"].stderr[-2000:]
     assert " started" not in k["ended"].stdout  # nor any re-validation run: they had all ended
     assert read_trials(k["db"], "tiny") == k["after_search"]
+    best = json.loads((k["root"] / "best.json").read_text())
+    baseline = best["params"] != load_study(STUDY).seed_params()  # trained beside the choice, unless it is the seed
     # One seed on CPU by default, in the same layout as several.
-    assert sorted(p.name for p in (k["root"] / "final").iterdir()) == ["seed-0", "summary.json"]
+    assert sorted(p.name for p in (k["root"] / "final").iterdir()) == ["baseline"] * baseline + ["seed-0",
+                                                                                                 "summary.json"]
     final = k["root"] / "final" / "seed-0"
     summary = json.loads((final / "summary.json").read_text())
-    best = json.loads((k["root"] / "best.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_run"] == 2
     assert {name: summary["config"][name] for name in best["params"]} == best["params"]
     rows = (final / "metrics.csv").read_text().strip().splitlines()[1:]
@@ -437,9 +447,40 @@ def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(interr
     aggregate = json.loads((k["root"] / "final" / "summary.json").read_text())
     assert aggregate["seeds"] == [0] and aggregate["mean_final_eval_acc"] == summary["final_eval_acc"]
     assert aggregate["std_final_eval_acc"] is None
-    assert k["ended"].stdout.strip().splitlines()[-1] == (
-        f"final: {100 * summary['final_eval_acc']:.2f}% test accuracy (seed 0)")
+    last = k["ended"].stdout.strip().splitlines()[-1]
+    assert last.startswith(f"final: {100 * summary['final_eval_acc']:.2f}% test accuracy (seed 0); ")
+    if not baseline:
+        assert last.endswith("the chosen settings are the seed recipe's own: no baseline to train")
     assert not list(k["root"].rglob("checkpoint_*"))  # nothing that will ever be resumed is kept
+
+
+def test_a_driver_killed_with_the_chosen_run_ended_and_the_baselines_midway_runs_neither_again_from_the_start(
+        interrupted):
+    k = interrupted
+    best = json.loads((k["root"] / "best.json").read_text())
+    if best["params"] == load_study(STUDY).seed_params():
+        pytest.skip("the study chose the seed recipe (trial 0) on this CPU: it trains no baseline")
+    # Killed with the chosen settings' run ended, the seed recipe's after its first epoch.
+    assert k["final_at_kill"]["seed-0"] == "completed", k["final_at_kill"]
+    assert k["final_at_kill"].get("baseline/seed-0") in (None, "running"), k["final_at_kill"]
+    resumed = k["final_stopped"].stdout + k["ended"].stdout
+    assert "final epoch 1/2 (seed 0)" not in resumed and "final epoch 2/2 (seed 0)" not in resumed  # not run again
+    run = k["root"] / "final" / "baseline" / "seed-0"
+    own = json.loads((run / "summary.json").read_text())
+    assert own["status"] == "completed" and own["epochs_run"] == 2
+    assert {name: own["config"][name] for name in best["params"]} == load_study(STUDY).seed_params()
+    rows = (run / "metrics.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2]  # epoch 1 once: it went on from its checkpoint
+    # The same summary as the runs' own records make, the difference chosen minus baseline on seed 0.
+    from search.results import final_summary
+    from search.study import StudyPaths
+
+    aggregate = json.loads((k["root"] / "final" / "summary.json").read_text())
+    assert aggregate == json.loads(json.dumps(final_summary(StudyPaths(k["root"]), [0], baseline=True)))
+    chosen = json.loads((k["root"] / "final" / "seed-0" / "summary.json").read_text())["final_eval_acc"]
+    assert aggregate["status"] == "completed" and aggregate["difference"]["values"] == [chosen - own["final_eval_acc"]]
+    assert k["ended"].stdout.strip().splitlines()[-1].endswith(
+        f"; the seed recipe: {100 * own['final_eval_acc']:.2f}% ({100 * (chosen - own['final_eval_acc']):+.2f} points)")
 
 
 @pytest.fixture(scope="module")
@@ -628,17 +669,21 @@ def test_each_runs_checkpoint_is_recorded_as_tune_reports_it_and_freed_once_noth
 
 
 def test_a_resumed_re_validation_and_final_stage_run_only_what_their_records_do_not_hold_as_ended(tmp_path):
-    from search.resume import final_seeds_left, reruns_left
+    from search.resume import final_runs_left, reruns_left
     from search.study import StudyPaths
 
     logged = [{"trial_id": 1, "status": "completed"}, {"trial_id": 2, "status": "failed"},
               {"trial_id": 5, "status": "diverged"}]
     assert reruns_left([4, 1, 2, 5], logged) == [4, 2]  # a failed re-run again, with its retries: a new Tune run
     paths = StudyPaths(tmp_path / "tiny")
-    for seed, status in ((0, "completed"), (1, "interrupted"), (3, "diverged")):
-        paths.final_run(seed).mkdir(parents=True)
-        (paths.final_run(seed) / "summary.json").write_text(json.dumps({"status": status}))
-    assert final_seeds_left(paths, [0, 1, 2, 3]) == [1, 2]
+    for seed, status, baseline in ((0, "completed", False), (1, "interrupted", False), (3, "diverged", False),
+                                   (0, "interrupted", True), (1, "completed", True)):
+        paths.final_run(seed, baseline).mkdir(parents=True)
+        (paths.final_run(seed, baseline) / "summary.json").write_text(json.dumps({"status": status}))
+    assert final_runs_left(paths, [0, 1, 2, 3]) == ["seed-1", "seed-2"]
+    # With the baseline: its runs too, each by its own record.
+    assert final_runs_left(paths, [0, 1, 2, 3], baseline=True) == ["seed-1", "seed-2", "baseline/seed-0",
+                                                                   "baseline/seed-2", "baseline/seed-3"]
 
 
 @pytest.mark.parametrize("content, why", [(b"PK\x03\x04 cut short", "not a readable checkpoint"),
@@ -723,3 +768,28 @@ def test_each_re_run_is_logged_once_as_it_ends_and_a_retry_replaces_its_failure(
     view.on_trial_complete(0, [], trial)
     (done,) = logged_reruns(log)
     assert (done["trial_id"], done["seed"], done["status"], done["value"], done["epochs"]) == (2, 1, "completed", 0.4, 3)
+
+
+def test_a_changed_choice_trains_its_final_runs_again_and_keeps_the_baselines_which_are_the_same(tmp_path):
+    from search.resume import CheckpointRecord, clear_final
+    from search.results import final_summary
+    from search.study import StudyPaths
+
+    paths = StudyPaths(tmp_path / "tiny")
+    for run in ("seed-0", "seed-1", "baseline/seed-0", "baseline/seed-1"):
+        (paths.final / run).mkdir(parents=True)
+        (paths.final / run / "summary.json").write_text(json.dumps({"status": "completed", "final_eval_acc": 0.5}))
+    (paths.final / "baseline" / "seed-1" / "summary.json").write_text(json.dumps({"status": "running"}))  # midway
+    (paths.final / "summary.json").write_text(json.dumps(final_summary(paths, [0, 1], baseline=True)))
+    record = CheckpointRecord(paths, str(tmp_path))
+    record.set("final-tune", "seed-1", "final-tune/a/checkpoint_000001")
+    record.set("final-tune", "baseline/seed-1", "final-tune/b/checkpoint_000001")
+    clear_final(paths, str(tmp_path), keep_baseline=True)
+    assert sorted(p.name for p in paths.final.iterdir()) == ["baseline", "summary.json"]
+    assert sorted(p.name for p in (paths.final / "baseline").iterdir()) == ["seed-0", "seed-1"]
+    assert record.read() == {"final-tune": {"baseline/seed-1": "final-tune/b/checkpoint_000001"}}  # it goes on
+    summary = json.loads((paths.final / "summary.json").read_text())  # the same seeds, the chosen runs to do
+    assert summary["seeds"] == [0, 1] and [r["status"] for r in summary["runs"]] == ["not run", "not run"]
+    assert [r["status"] for r in summary["baseline"]["runs"]] == ["completed", "running"]
+    clear_final(paths, str(tmp_path), keep_baseline=False)  # the seed recipe chosen now: no baseline
+    assert list(paths.final.iterdir()) == [] and record.read() == {}

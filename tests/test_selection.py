@@ -115,8 +115,8 @@ def test_trials_csv_carries_the_re_runs_and_the_mean_of_the_re_validated_trials(
     assert lines[1].split(",")[5:7] == ["", ""] and ",[0.36],0.44," in lines[3]
 
 
-def write_run(paths: StudyPaths, seed: int, status: str, acc: float | None) -> None:
-    run = paths.final_run(seed)
+def write_run(paths: StudyPaths, seed: int, status: str, acc: float | None, baseline: bool = False) -> None:
+    run = paths.final_run(seed, baseline)
     run.mkdir(parents=True)
     (run / "summary.json").write_text(json.dumps({
         "status": status, "final_eval_acc": acc, "best_eval_acc": acc, "best_epoch": 4, "epochs_run": 4,
@@ -141,7 +141,7 @@ def test_a_seed_tune_gave_up_on_is_failed_whatever_its_run_directory_last_said(t
     paths = StudyPaths(tmp_path / "s")
     write_run(paths, 0, "completed", 0.5)
     write_run(paths, 1, "running", 0.4)  # a run writes "running" after each epoch; it crashed after one
-    summary = results.final_summary(paths, [0, 1], failed={1})
+    summary = results.final_summary(paths, [0, 1], failed={"seed-1"})
     assert [r["status"] for r in summary["runs"]] == ["completed", "failed"] and summary["status"] == "failed"
     assert summary["n"] == 1
 
@@ -150,7 +150,7 @@ def test_a_seed_to_run_again_outranks_a_diverged_one_in_the_summarys_status(tmp_
     paths = StudyPaths(tmp_path / "s")
     write_run(paths, 0, "diverged", float("nan"))
     write_run(paths, 1, "running", 0.4)
-    assert results.final_summary(paths, [0, 1], failed={1})["status"] == "failed"  # --resume has work to do
+    assert results.final_summary(paths, [0, 1], failed={"seed-1"})["status"] == "failed"  # --resume has work to do
     assert results.final_summary(paths, [0])["status"] == "diverged"  # ended for good
 
 
@@ -162,3 +162,80 @@ def test_one_seed_is_one_number_and_an_unfinished_seed_keeps_the_study_unfinishe
     two = results.final_summary(paths, [0, 1])
     assert two["status"] == "not run" and two["n"] == 1
     assert results.final_line(two) == "final: 50.00% test accuracy (1 of 2 runs completed)"
+
+
+def t_density(t: float, df: int) -> float:
+    return math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(df * math.pi) * (1 + t * t / df) ** (
+        -(df + 1) / 2)
+
+
+@pytest.mark.parametrize("df", range(1, 31))
+def test_the_t_quantile_table_holds_the_975_quantile_of_students_t(df):
+    # P(|T| < q) by Simpson's rule over the density: 0.95 at the table's value, to its four decimals.
+    q, steps = results.t_quantile_975(df), 4000
+    h = 2 * q / steps
+    area = h / 3 * sum((1 if i in (0, steps) else 4 if i % 2 else 2) * t_density(-q + i * h, df) for i in range(steps + 1))
+    assert area == pytest.approx(0.95, abs=6e-6)  # the table rounds to 4 decimals
+
+
+def test_the_t_quantile_is_the_textbooks_and_the_normals_beyond_30_degrees_of_freedom():
+    assert [results.t_quantile_975(df) for df in (1, 2, 4, 10, 30)] == pytest.approx(
+        [12.706, 4.303, 2.776, 2.228, 2.042], abs=5e-4)
+    assert results.t_quantile_975(31) == results.t_quantile_975(1000) == pytest.approx(1.960, abs=5e-4)
+    with pytest.raises(ValueError):
+        results.t_quantile_975(0)
+
+
+def test_the_baseline_is_summed_up_beside_the_chosen_runs_with_their_paired_difference(tmp_path):
+    paths = StudyPaths(tmp_path / "s")
+    for seed, chosen, baseline in ((0, 0.781, 0.770), (1, 0.779, 0.775), (2, 0.783, 0.777)):
+        write_run(paths, seed, "completed", chosen)
+        write_run(paths, seed, "completed", baseline, baseline=True)
+    summary = results.final_summary(paths, [0, 1, 2], baseline=True)
+    assert summary["status"] == "completed" and summary["mean_final_eval_acc"] == pytest.approx(0.781)
+    other = summary["baseline"]
+    assert [r["dir"] for r in other["runs"]] == ["baseline/seed-0", "baseline/seed-1", "baseline/seed-2"]
+    assert [r["final_eval_acc"] for r in other["runs"]] == [0.770, 0.775, 0.777] and other["n"] == 3
+    assert other["mean_final_eval_acc"] == pytest.approx(0.774) and other["std_final_eval_acc"] == pytest.approx(
+        0.0036056, abs=1e-6)
+    diff = summary["difference"]  # seed by seed: 0.011, 0.004, 0.006
+    assert diff["seeds"] == [0, 1, 2] and diff["values"] == pytest.approx([0.011, 0.004, 0.006]) and diff["n"] == 3
+    assert diff["mean"] == pytest.approx(0.007) and diff["std"] == pytest.approx(0.0036056, abs=1e-6)
+    half = 4.3027 * 0.0036056 / math.sqrt(3)  # t(0.975, 2 degrees of freedom) standard errors
+    assert diff["ci95"] == pytest.approx([0.007 - half, 0.007 + half], abs=1e-6)
+    assert summary["epochs_run"] == 6 * 4 and summary["wall_time_s"] == 12.0  # both groups, side by side
+    assert results.final_line(summary) == ("final: 78.10 +- 0.20% test accuracy over 3 seeds; the seed recipe: "
+                                           "77.40 +- 0.36% (+0.70 points, 95% CI -0.20 to +1.60, paired over 3 seeds)")
+
+
+def test_one_seed_with_a_baseline_gives_the_two_numbers_and_their_difference_without_an_interval(tmp_path):
+    paths = StudyPaths(tmp_path / "s")
+    write_run(paths, 0, "completed", 0.801)
+    write_run(paths, 0, "completed", 0.774, baseline=True)
+    summary = results.final_summary(paths, [0], baseline=True)
+    assert summary["difference"]["n"] == 1 and summary["difference"]["std"] is None
+    assert summary["difference"]["ci95"] is None
+    assert results.final_line(summary) == ("final: 80.10% test accuracy (seed 0); the seed recipe: 77.40% "
+                                           "(+2.70 points)")
+
+
+def test_a_baseline_run_left_to_do_keeps_the_final_stage_unfinished_and_pairs_only_seeds_both_completed(tmp_path):
+    paths = StudyPaths(tmp_path / "s")
+    for seed in (0, 1):
+        write_run(paths, seed, "completed", 0.78 + seed / 100)
+    write_run(paths, 0, "completed", 0.77, baseline=True)
+    write_run(paths, 1, "running", 0.5, baseline=True)
+    summary = results.final_summary(paths, [0, 1], failed={"baseline/seed-1"}, baseline=True)
+    assert summary["status"] == "failed" and summary["n"] == 2 and summary["baseline"]["n"] == 1
+    assert [r["status"] for r in summary["baseline"]["runs"]] == ["completed", "failed"]
+    assert summary["difference"]["seeds"] == [0] and summary["difference"]["ci95"] is None
+    assert results.final_line(summary).endswith("; the seed recipe: 77.00% (+1.00 points, 1 of 2 runs completed)")
+
+
+def test_where_the_seed_recipe_is_chosen_the_last_line_says_there_is_no_baseline(tmp_path):
+    paths = StudyPaths(tmp_path / "s")
+    write_run(paths, 0, "completed", 0.5)
+    summary = results.final_summary(paths, [0], skipped=results.NO_BASELINE)
+    assert summary["baseline"] is None and summary["difference"] is None
+    assert results.final_line(summary) == ("final: 50.00% test accuracy (seed 0); the chosen settings are the seed "
+                                           "recipe's own: no baseline to train")

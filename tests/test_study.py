@@ -125,17 +125,20 @@ def test_trials_per_gpu_shares_each_gpu_among_that_many_trials_and_sets_how_many
     gpus = tuning.gpus_to_use(spec)
     assert gpus == 2
     assert tuning.resources(spec, gpus) == {"cpu": 1, "gpu": pytest.approx(1 / 3)}  # a third of a GPU per trial
-    assert tuning.resources(spec, gpus, final=True) == {"cpu": 1, "gpu": 1.0}  # a final run has a GPU of its own
+    # A phase of known runs (re-validation, the final stage) spreads them over the GPUs before they share one.
+    assert tuning.resources(spec, gpus, runs=2) == {"cpu": 1, "gpu": 1.0}
+    assert tuning.resources(spec, gpus, runs=6) == {"cpu": 1, "gpu": pytest.approx(1 / 3)}
+    assert tuning.at_once(spec, gpus, runs=6) == at_once
     assert tuning.concurrency(spec, gpus) == at_once  # 2 GPUs x 3 trials, where the CPUs (1 a trial) serve them
     assert tuning.base_config(spec.trial_config(spec.seed_params()).to_dict(), gpus)["device"] == "cuda"
 
 
-def test_selection_re_validates_the_top_trials_and_final_seeds_follow_the_gpus(tmp_path):
+def test_selection_re_validates_the_top_trials_and_final_seeds_are_3_on_any_number_of_gpus(tmp_path):
     assert studies.load("default").selection.revalidate_top == 3
     smoke = studies.load("smoke")
     assert smoke.selection.revalidate_top == 2 and smoke.selection.final_seeds is None
-    # Omitted: one final run per GPU, side by side, up to 3; one on CPU.
-    assert [smoke.final_seeds(g) for g in (0, 1, 2, 4, 8)] == [[0], [0], [0, 1], [0, 1, 2], [0, 1, 2]]
+    # Omitted: 3 seeds on GPUs (they share one GPU where there is one), one on CPU.
+    assert [smoke.final_seeds(g) for g in (0, 1, 2, 4, 8)] == [[0], [0, 1, 2], [0, 1, 2], [0, 1, 2], [0, 1, 2]]
     spec = studies.load(write(tmp_path, SMOKE.replace("epochs = 4", "epochs = 4\nseeds = 2", 1)))
     assert spec.selection.final_seeds == 2 and spec.final_seeds(0) == [0, 1] and spec.final_seeds(8) == [0, 1]
     assert "seeds" not in spec.final  # a key of the study, not a recipe setting
@@ -160,4 +163,25 @@ def test_a_study_saved_before_selection_existed_resumes_without_re_validation_or
     saved = studies.load("smoke").to_dict()
     del saved["selection"]
     spec = studies.StudySpec.from_dict(saved)
-    assert spec.selection.revalidate_top == 0 and spec.final_seeds(4) == [0]
+    assert spec.selection.revalidate_top == 0 and spec.final_seeds(4) == [0] and not spec.selection.baseline
+
+
+def test_the_baseline_is_a_key_of_final_true_in_the_default_and_smoke_studies_and_off_where_omitted(tmp_path):
+    assert studies.load("default").selection.baseline and studies.load("smoke").selection.baseline
+    assert studies.load("demo").selection.baseline
+    spec = studies.load(write(tmp_path, SMOKE.replace("baseline = true", "")))
+    assert not spec.selection.baseline  # it doubles the final stage's cost: a study asks for it
+    assert "baseline" not in studies.load("smoke").final  # a key of the study, not a recipe setting
+    with pytest.raises(studies.SpecError, match="final.baseline must be bool, got 'yes'"):
+        studies.load(write(tmp_path, SMOKE.replace("baseline = true", 'baseline = "yes"')))
+    saved = studies.load("smoke").to_dict()
+    del saved["selection"]["baseline"]  # a study saved before the baseline existed resumes without one
+    assert not studies.StudySpec.from_dict(saved).selection.baseline
+
+
+@pytest.mark.parametrize("flag, baseline", [([], True), (["--no-baseline"], False), (["--baseline"], True)])
+def test_baseline_and_no_baseline_override_the_studys_final_baseline(flag, baseline):
+    from search import run as search_run
+
+    args = search_run.parse_args(["--study", "smoke", *flag])
+    assert search_run.with_overrides(studies.load("smoke"), args).selection.baseline is baseline
