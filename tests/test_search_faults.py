@@ -100,7 +100,10 @@ def interrupted(tmp_path_factory):
     db = root / "optuna.db"
     args = ["--study", STUDY, "--results-dir", str(results)]
     k: dict = {"root": root, "db": db}
-    first = args + ["--trials", str(PLANNED), "--revalidate-top", "2", "--no-final", *ONE_AT_A_TIME]
+    # Three final seeds: whether or not the seed recipe is chosen (no baseline then; which trial wins depends on the
+    # CPU's kernels), the final stage has a run that ends before the one the kill finds midway, and one after it.
+    first = args + ["--trials", str(PLANNED), "--revalidate-top", "2", "--final-seeds", "3", "--no-final",
+                    *ONE_AT_A_TIME]
 
     # 0. SIGTERM as Ray's first processes appear, while ray.init runs: every process the driver's tree held.
     starting: dict = {"tree": {}}
@@ -228,17 +231,17 @@ def interrupted(tmp_path_factory):
     k["reval_after_stop"] = json.loads((root / "revalidation.json").read_text())
     k["best_after_reval_stop"] = (root / "best.json").exists()
 
-    # Re-validation goes on, then the final stage, killed with the chosen run ended and the baseline's midway (or in
-    # the one final run's first epochs); SIGTERM in the final stage; 5. the end.
+    # Re-validation goes on, then the final stage (one run at a time: the chosen settings' seeds 0 to 2, then the
+    # baseline's), killed after the first epoch of its last run but one, those before it ended; SIGTERM in the final
+    # stage (a whole run is left: the SIGTERM comes before the stage ends); 5. the end.
     final_seen: dict = {}
 
     def kill_in_final(proc, out):
-        if "tree" not in final_seen and ("final epoch 1/2 (seed 0, baseline)" in out
-                                         or "baseline: none" in out and "final epoch 1/" in out):
+        if "tree" not in final_seen and ("final epoch 1/2 (seed 1, baseline)" in out
+                                         or "baseline: none" in out and "final epoch 1/2 (seed 1)" in out):
             kill_tree(proc, final_seen)
             final_seen["ended"] = {run: json.loads((root / "final" / run / "summary.json").read_text())["status"]
-                                   for run in ("seed-0", "baseline/seed-0")
-                                   if (root / "final" / run / "summary.json").is_file()}
+                                   for run in FINAL_RUNS if (root / "final" / run / "summary.json").is_file()}
 
     try:
         k["final_killed"] = run_study(args + ["--resume"], watch=kill_in_final, poll=0.1)
@@ -249,7 +252,7 @@ def interrupted(tmp_path_factory):
 
     def stop_in_final(proc, out):
         # Once the final run's trial runs: its worker process has become the trial's actor.
-        if "sigterm" not in final_stop and "final run: " in out and any(
+        if "sigterm" not in final_stop and ("final run: " in out or "final runs: " in out) and any(
                 "ImplicitFunc" in command_of(p) for p in process_tree(proc.pid)):
             proc.send_signal(signal.SIGTERM)
             final_stop["sigterm"] = True
@@ -425,6 +428,15 @@ def test_a_driver_killed_in_re_validation_resumes_it_without_running_an_ended_re
     assert best["trial_id"] == record["chosen"] and best["revalidated"]
 
 
+FINAL_RUNS = ("seed-0", "seed-1", "seed-2", "baseline/seed-0", "baseline/seed-1", "baseline/seed-2")  # as they run
+
+
+def final_runs_of(k: dict) -> list[str]:
+    """The fault study's final runs: its three seeds, and the seed recipe's beside them unless it is the choice."""
+    best = json.loads((k["root"] / "best.json").read_text())
+    return list(FINAL_RUNS if best["params"] != load_study(STUDY).seed_params() else FINAL_RUNS[:3])
+
+
 def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(interrupted):
     k = interrupted
     killed = k["final_killed"]
@@ -434,53 +446,53 @@ def test_a_driver_killed_in_its_final_run_resumes_it_to_a_whole_final_run(interr
     assert " started" not in k["ended"].stdout  # nor any re-validation run: they had all ended
     assert read_trials(k["db"], "tiny") == k["after_search"]
     best = json.loads((k["root"] / "best.json").read_text())
-    baseline = best["params"] != load_study(STUDY).seed_params()  # trained beside the choice, unless it is the seed
-    # One seed on CPU by default, in the same layout as several.
-    assert sorted(p.name for p in (k["root"] / "final").iterdir()) == ["baseline"] * baseline + ["seed-0",
-                                                                                                 "summary.json"]
-    final = k["root"] / "final" / "seed-0"
-    summary = json.loads((final / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["epochs_run"] == 2
-    assert {name: summary["config"][name] for name in best["params"]} == best["params"]
-    rows = (final / "metrics.csv").read_text().strip().splitlines()[1:]
-    assert [int(r.split(",")[0]) for r in rows] == [1, 2]
+    runs = final_runs_of(k)
+    baseline = len(runs) == 6  # trained beside the choice, unless it is the seed recipe
+    assert sorted(p.name for p in (k["root"] / "final").iterdir()) == ["baseline"] * baseline + [
+        "seed-0", "seed-1", "seed-2", "summary.json"]
+    seed_params = load_study(STUDY).seed_params()
+    for run in runs:  # each whole, each epoch once, with its group's settings and its own seed
+        summary = json.loads((k["root"] / "final" / run / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["epochs_run"] == 2, run
+        params = seed_params if run.startswith("baseline/") else best["params"]
+        assert {name: summary["config"][name] for name in best["params"]} == params
+        assert summary["config"]["seed"] == int(run[-1])
+        rows = (k["root"] / "final" / run / "metrics.csv").read_text().strip().splitlines()[1:]
+        assert [int(r.split(",")[0]) for r in rows] == [1, 2], run
+    # The same summary as the runs' own records make, and the last line says it.
+    from search.results import final_line, final_summary
+    from search.study import StudyPaths
+
     aggregate = json.loads((k["root"] / "final" / "summary.json").read_text())
-    assert aggregate["seeds"] == [0] and aggregate["mean_final_eval_acc"] == summary["final_eval_acc"]
-    assert aggregate["std_final_eval_acc"] is None
+    assert aggregate["seeds"] == [0, 1, 2] and aggregate["status"] == "completed"
+    assert aggregate == json.loads(json.dumps(final_summary(StudyPaths(k["root"]), [0, 1, 2], baseline=baseline,
+                                                            skipped=aggregate.get("baseline_skipped"))))
     last = k["ended"].stdout.strip().splitlines()[-1]
-    assert last.startswith(f"final: {100 * summary['final_eval_acc']:.2f}% test accuracy (seed 0); ")
-    if not baseline:
+    assert last == final_line(aggregate) and last.startswith("final: ") and " test accuracy over 3 seeds" in last
+    if baseline:
+        assert "; the seed recipe: " in last and "paired over 3 seeds" in last
+        chosen, base = ([json.loads((k["root"] / "final" / r / "summary.json").read_text())["final_eval_acc"]
+                         for r in group] for group in (runs[:3], runs[3:]))
+        assert aggregate["difference"]["values"] == [c - b for c, b in zip(chosen, base)]
+    else:
         assert last.endswith("the chosen settings are the seed recipe's own: no baseline to train")
     assert not list(k["root"].rglob("checkpoint_*"))  # nothing that will ever be resumed is kept
 
 
-def test_a_driver_killed_with_the_chosen_run_ended_and_the_baselines_midway_runs_neither_again_from_the_start(
-        interrupted):
+def test_a_driver_killed_in_its_final_stage_runs_no_ended_run_again_and_continues_the_midway_one(interrupted):
     k = interrupted
-    best = json.loads((k["root"] / "best.json").read_text())
-    if best["params"] == load_study(STUDY).seed_params():
-        pytest.skip("the study chose the seed recipe (trial 0) on this CPU: it trains no baseline")
-    # Killed with the chosen settings' run ended, the seed recipe's after its first epoch.
-    assert k["final_at_kill"]["seed-0"] == "completed", k["final_at_kill"]
-    assert k["final_at_kill"].get("baseline/seed-0") in (None, "running"), k["final_at_kill"]
+    runs = final_runs_of(k)
+    # Killed with the runs before the last but one ended (the chosen settings' and, with a baseline, the seed
+    # recipe's seed 0 too), that one after its first epoch, the last not begun.
+    midway = runs[-2]
+    assert k["final_at_kill"] == {run: "completed" for run in runs[:-2]} | (
+        {midway: "running"} if midway in k["final_at_kill"] else {}), k["final_at_kill"]
     resumed = k["final_stopped"].stdout + k["ended"].stdout
-    assert "final epoch 1/2 (seed 0)" not in resumed and "final epoch 2/2 (seed 0)" not in resumed  # not run again
-    run = k["root"] / "final" / "baseline" / "seed-0"
-    own = json.loads((run / "summary.json").read_text())
-    assert own["status"] == "completed" and own["epochs_run"] == 2
-    assert {name: own["config"][name] for name in best["params"]} == load_study(STUDY).seed_params()
-    rows = (run / "metrics.csv").read_text().strip().splitlines()[1:]
+    for run in runs[:-2]:  # not run again
+        words = f"seed {run[-1]}" + (", baseline" if run.startswith("baseline/") else "")
+        assert f"final epoch 1/2 ({words})" not in resumed and f"final epoch 2/2 ({words})" not in resumed
+    rows = (k["root"] / "final" / midway / "metrics.csv").read_text().strip().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == [1, 2]  # epoch 1 once: it went on from its checkpoint
-    # The same summary as the runs' own records make, the difference chosen minus baseline on seed 0.
-    from search.results import final_summary
-    from search.study import StudyPaths
-
-    aggregate = json.loads((k["root"] / "final" / "summary.json").read_text())
-    assert aggregate == json.loads(json.dumps(final_summary(StudyPaths(k["root"]), [0], baseline=True)))
-    chosen = json.loads((k["root"] / "final" / "seed-0" / "summary.json").read_text())["final_eval_acc"]
-    assert aggregate["status"] == "completed" and aggregate["difference"]["values"] == [chosen - own["final_eval_acc"]]
-    assert k["ended"].stdout.strip().splitlines()[-1].endswith(
-        f"; the seed recipe: {100 * own['final_eval_acc']:.2f}% ({100 * (chosen - own['final_eval_acc']):+.2f} points)")
 
 
 @pytest.fixture(scope="module")
