@@ -184,6 +184,18 @@ def rerun_record(config: dict[str, Any], metrics: dict[str, Any] | None, error: 
             "ray_trial_id": m.get("trial_id")}
 
 
+class FailedRuns(tune.Callback):
+    """The runs of a phase that Tune gave up on (their retries spent), by their `run` (final_run_name), with their
+    errors. Tune's own result of a run that failed before it reported anything has no config (Result.config is its
+    last report's), so it cannot say which run it was."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str] = {}
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.errors[str(trial.config["run"])] = error_of(trial) or "no error recorded"
+
+
 class RerunLog(tune.Callback):
     """Adds each re-validation run to revalidation.json as it ends, before the study has chosen.
 
@@ -258,7 +270,7 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study, stop: Stop) -> dict[str,
         results = []
     runs = {r["trial_id"]: r for r in logged_reruns(log) if r["trial_id"] in [t.number for t in top]}
     for r in results:  # every one is logged as it ends; Tune's result is the fallback
-        if int(r.config["trial_id"]) not in runs:
+        if r.config is not None and int(r.config["trial_id"]) not in runs:  # none: failed before it reported
             runs[int(r.config["trial_id"])] = rerun_record(r.config, r.metrics, r.error, spec)
     order = [t.number for t in top]
     chosen = revalidation_record(study, spec, sorted(runs.values(), key=lambda r: order.index(r["trial_id"])))
@@ -333,7 +345,7 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str
               f"seed{'s' * (len(seeds) > 1)} beside them -> {where(True)}")
     elif skipped:
         print(f"baseline: none; {skipped}")
-    results = []
+    results, failed = [], FailedRuns()
     if left:
         trainable = tune.with_resources(
             tune.with_parameters(run_recipe, base=base_config(config, gpus), threads=spec.trial_threads(),
@@ -348,11 +360,12 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str
             # On a cluster a run may land on another node: its files travel with Tune's sync. A run that fails for
             # good keeps its checkpoint: --resume tries it again from there.
             run_config=run_config(p, "final-tune", [FinalView(config["epochs"], len(runs) > 1),
-                                                    KeepLatestCheckpoint(record, "final-tune", errored=False)],
+                                                    KeepLatestCheckpoint(record, "final-tune", errored=False),
+                                                    failed],
                                   sync_artifacts=not local),
         )
         results = fit(tuner, len(left), stop)
-    errors = [r for r in results if r.error is not None]
+    errors = failed.errors | {r.config["run"]: str(r.error) for r in results if r.error is not None and r.config}
     if not local:
         for r in results:
             if r.error is None:
@@ -360,12 +373,13 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str
                 if target.exists():
                     shutil.rmtree(target)
                 pyarrow.fs.copy_files(f"{r.path}/{RUN_DIR}", str(target), source_filesystem=r.filesystem)
-    summary = final_summary(paths, seeds, failed={r.config["run"] for r in errors}, baseline=baseline, skipped=skipped)
+    summary = final_summary(paths, seeds, failed=set(errors), baseline=baseline, skipped=skipped)
     write_json(paths.final / "summary.json", summary)
     if errors:
-        e = errors[0]
-        raise FinalRunFailed(f"the final run final/{e.config['run']} failed after "
-                             f"{spec.resources.max_failures + 1} attempts: {str(e.error).strip().splitlines()[-1]}")
+        run, error = min(errors.items())
+        lines = error.strip().splitlines() or ["no error recorded"]
+        raise FinalRunFailed(f"the final run final/{run} failed after {spec.resources.max_failures + 1} attempts: "
+                             f"{lines[-1]}")
     sweep(experiment)  # nothing of the final stage will be continued
     return summary
 

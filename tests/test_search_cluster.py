@@ -6,6 +6,7 @@ logical GPUs, to see how many trials share a GPU and run at once."""
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -207,6 +208,20 @@ def started(phase):
         return sum(e["event"] == "start" and e["phase"] == phase for e in map(json.loads, f))
 
 
+def cannot_load(driver):
+    if os.getpid() == driver:  # Tune's driver loads the trainable too, and passes it on
+        return Broken()
+    raise ImportError("the stand-in trainable cannot be loaded here")
+
+
+class Broken:
+    def __reduce__(self):  # unpickled in a worker, it raises: as a worker whose environment lacks a module
+        return cannot_load, (os.getpid(),)
+
+
+BROKEN = Broken() if os.environ.get("FAIL_TO_LOAD") else None
+
+
 def trial(params, *, base, threads, out_dir=None, **more):  # as search.trainable.run_recipe is called
     import ray
     from ray import tune
@@ -218,6 +233,7 @@ def trial(params, *, base, threads, out_dir=None, **more):  # as search.trainabl
     deadline = time.time() + 150  # Ray starts workers at nice 15: on a busy machine they start slowly
     while started(phase) < AT_ONCE[phase] and time.time() < deadline:
         time.sleep(0.05)
+    BROKEN  # with FAIL_TO_LOAD, no worker can load this function: its runs fail before they start
     for epoch in (1, 2, 3):
         acc = 0.5 if epoch < 3 or name == 0 else 0.6
         if epoch == 3:
@@ -300,6 +316,28 @@ def test_the_final_stage_trains_the_seed_recipe_beside_the_chosen_settings_sprea
     assert run.stdout.strip().splitlines()[-1] == ("final: 60.00 +- 0.00% test accuracy over 2 seeds; the seed recipe: "
                                                    "60.00 +- 0.00% (+0.00 points, 95% CI +0.00 to +0.00, paired over 2 "
                                                    "seeds)")
+
+
+def test_final_runs_that_fail_before_they_start_are_one_line_exit_1_and_the_summary_says_so(logical_gpus, tmp_path):
+    # The logical-GPU study again from its final stage (its final runs removed), in workers that cannot load the
+    # trainable: Tune's result of a run that never started has no config, so the runs are named from Tune's trials.
+    run, _ = logical_gpus
+    results = tmp_path / "r"
+    shutil.copytree(run.args[run.args.index("--results-dir") + 1], results)
+    shutil.rmtree(results / "tiny" / "final")
+    log = tmp_path / "trials.jsonl"
+    log.touch()
+    failing = subprocess.run([sys.executable, "-c", LOGICAL_GPUS, "--study", TINY, "--results-dir", str(results),
+                              "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                             env=os.environ | {"TRIAL_LOG": str(log), "FAIL_TO_LOAD": "1"})
+    assert failing.returncode == 1, failing.stderr[-3000:]
+    last = failing.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the final run final/baseline/seed-0 failed after 2 attempts: ") and last.endswith(
+        "; --resume tries again"), failing.stderr[-3000:]
+    assert "final: " not in failing.stdout  # (above the line, Tune's own log of each failure)
+    summary = json.loads((results / "tiny" / "final" / "summary.json").read_text())
+    assert [r["status"] for r in summary["runs"] + summary["baseline"]["runs"]] == ["failed"] * 4, summary
+    assert summary["status"] != "completed" and not log.read_text()  # none started
 
 
 @pytest.mark.parametrize("runs, gpus, share", [(3, 4, 1.0), (6, 4, 1 / 2), (3, 1, 1 / 3), (12, 1, 1 / 4), (5, 2, 1 / 3)],
