@@ -155,6 +155,8 @@ def edited_keys(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
         return {prefix.rstrip("."): value}
 
     a, b = flat(then, ""), flat(now, "")
+    for rule in ("selection.seeds_per_gpu",):  # the study's, not its file's: no edit of the file
+        a.pop(rule, None), b.pop(rule, None)
     toml_names = {"metric": "objective.metric", "selection.final_seeds": "final.seeds",
                   "selection.baseline": "final.baseline"}
     return sorted(toml_names.get(k, k) for k in set(a) | set(b) if a.get(k, None) != b.get(k, None))

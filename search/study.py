@@ -117,17 +117,29 @@ class Selection:
     revalidate_top: int = 3
     final_seeds: int | None = None  # [final] seeds in a study file; None: 3 on GPUs, 1 on CPU
     baseline: bool = False  # [final] baseline in a study file: the seed recipe trained beside the chosen settings
+    # A study started before the final stage had a baseline: its unset final_seeds meant a seed per GPU, up to 3.
+    seeds_per_gpu: bool = False
 
     def seeds_for(self, gpus: int) -> int:
-        """Final runs to train per settings: 3 on any number of GPUs (they share one where they must), 1 on CPU."""
+        """Final runs to train per settings: 3 on any number of GPUs (they share one where they must), 1 on CPU; a
+        study started before that rule keeps its own (min(3, gpus)): resumed, it trains the runs it planned."""
         if self.final_seeds is not None:
             return self.final_seeds
-        return 3 if gpus else 1
+        if not gpus:
+            return 1
+        return min(3, gpus) if self.seeds_per_gpu else 3
 
 
 # What a study saved before [selection] existed ran neither re-validation nor several final seeds (nor a baseline:
 # a study saved before `baseline` existed takes its default, False).
 SELECTION_BEFORE = {"revalidate_top": 0, "final_seeds": 1}
+
+
+def saved_selection(selection: dict[str, Any]) -> dict[str, Any]:
+    """A saved spec's [selection]; one saved before `baseline` existed planned a final seed per GPU, up to 3."""
+    if "baseline" not in selection:
+        return {**selection, "seeds_per_gpu": True}
+    return selection
 
 
 @dataclass(frozen=True)
@@ -204,7 +216,7 @@ class StudySpec:
                 name=d["name"], seed=d["seed"], trials=d["trials"], metric=d["metric"],
                 space={k: Param(**v) for k, v in d["space"].items()},
                 sampler=Sampler(**d["sampler"]), asha=Asha(**d["asha"]), resources=Resources(**d["resources"]),
-                selection=Selection(**d.get("selection", SELECTION_BEFORE)),
+                selection=Selection(**saved_selection(d.get("selection", SELECTION_BEFORE))),
                 recipe=d["recipe"], trial=d["trial"], final=d["final"],
             )
             validate(spec, where)  # its rules read the values: a wrong type is a TypeError there, say
@@ -396,7 +408,8 @@ def load(study: str, new: bool = True) -> StudySpec:
             raise SpecError(f"{where}: [{name}] sets {seeded[0]}; every run of a study is seeded by the study's "
                             f"top-level seed (re-runs and further final runs take the next seeds)")
     final = dict(data.get("final", {}))
-    selection = _table(where, "selection", data.get("selection", {}), Selection, exclude=("final_seeds", "baseline"))
+    selection = _table(where, "selection", data.get("selection", {}), Selection,
+                       exclude=("final_seeds", "baseline", "seeds_per_gpu"))
     if "seeds" in final:  # the number of final runs: a key of [final] beside its recipe settings
         selection = dataclasses.replace(selection, final_seeds=_typed(where, "final.seeds", final.pop("seeds"), int, 1))
     if "baseline" in final:  # likewise: whether the seed recipe is trained beside the chosen settings

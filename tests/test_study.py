@@ -1,4 +1,5 @@
 import dataclasses
+import json
 
 import pytest
 
@@ -164,6 +165,15 @@ def test_a_study_saved_before_selection_existed_resumes_without_re_validation_or
     del saved["selection"]
     spec = studies.StudySpec.from_dict(saved)
     assert spec.selection.revalidate_top == 0 and spec.final_seeds(4) == [0] and not spec.selection.baseline
+
+
+def test_a_study_saved_before_the_baseline_existed_resumes_with_the_final_seeds_it_planned_a_gpu_each_up_to_3():
+    saved = studies.load("default").to_dict()
+    saved["selection"] = {"revalidate_top": 3, "final_seeds": None}  # as spec.json held it then
+    spec = studies.StudySpec.from_dict(saved)
+    assert [len(spec.final_seeds(g)) for g in (0, 1, 2, 4)] == [1, 1, 2, 3] and not spec.selection.baseline
+    assert studies.StudySpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec  # saved again, still so
+    assert len(studies.load("default").final_seeds(1)) == 3  # a new study: 3 on any number of GPUs
 
 
 def test_the_baseline_is_a_key_of_final_true_in_the_default_and_smoke_studies_and_off_where_omitted(tmp_path):
