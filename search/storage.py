@@ -125,7 +125,7 @@ def fs_path(storage: str) -> str:
         return storage
     uri = urllib.parse.urlsplit(storage)
     path = f"{uri.netloc}{uri.path}" if uri.scheme in BUCKET_SCHEMES else uri.path
-    return path.rstrip("/") or "/"
+    return urllib.parse.unquote(path).rstrip("/") or "/"  # as pyarrow decodes it (s3://b/my%20dir: b/my dir)
 
 
 # The check's S3 client gives up within seconds where the store does not answer: the client's defaults (3 attempts,

@@ -35,6 +35,8 @@ def test_every_path_under_a_storage_uri_goes_before_its_query_string():
     assert pyarrow.fs.FileSystem.from_uri(join(storage, "smoke", "tune"))[1] == "bucket/prefix/smoke/tune"
     # Tune's paths on the store's file system: no scheme, no query (and, but for a bucket, no host).
     assert fs_path(join(storage, "smoke")) == "bucket/prefix/smoke"
+    spaced = f"s3://bucket/my%20prefix?{OPTIONS}"  # a URI's escapes, decoded as pyarrow decodes them
+    assert fs_path(join(spaced, "smoke")) == pyarrow.fs.FileSystem.from_uri(join(spaced, "smoke"))[1]
     assert fs_path("hdfs://namenode:8020/hpo/smoke") == "/hpo/smoke" and fs_path("/shared/smoke") == "/shared/smoke"
 
 
