@@ -224,7 +224,9 @@ def clear_final(paths: StudyPaths, storage: str, keep_baseline: bool) -> None:
             record.drop("final-tune", key)
     started = load_final_summary(paths) if keep_baseline else None
     for child in list(paths.final.iterdir()) if paths.final.is_dir() else []:
-        if keep_baseline and child.name == BASELINE:
+        # The summary stays until rewritten (whole): killed meanwhile, the study resumes with the seeds the kept
+        # baseline's runs were trained with, not the ones it would choose now.
+        if keep_baseline and (child.name == BASELINE or started is not None and child.name == "summary.json"):
             continue
         if child.is_dir():
             shutil.rmtree(child)
