@@ -421,8 +421,8 @@ def final_figure(final: FinalRuns, best: FrozenTrial | None) -> go.Figure:
             x=list(curve), y=list(curve.values()), mode="lines", name=f"seed recipe, seed {seed}",
             line=dict(width=1.5, color=colour, dash="dot"), opacity=0.6,
             hovertemplate=f"seed recipe, seed {seed}<br>epoch %{{x}}: %{{y:.2f}}%<extra></extra>"))
-    b_epochs, b_means, b_stds, b_counts = mean_curve(baseline, least=1)
-    if len(baseline) > 1 and b_epochs:
+    b_epochs, b_means, b_stds, b_counts = mean_curve(baseline)
+    if b_epochs:
         fig.add_trace(go.Scatter(x=b_epochs, y=b_means, mode="lines", line=dict(color=colour, width=3),
                                  name=f"seed recipe: mean of {len(baseline)} seeds", text=b_counts,
                                  hovertemplate="seed recipe, mean of %{text} runs<br>epoch %{x}: %{y:.2f}%"
@@ -437,15 +437,14 @@ def final_figure(final: FinalRuns, best: FrozenTrial | None) -> go.Figure:
     return fig
 
 
-def mean_curve(curves: dict[int, dict[int, float]], least: int = 2
-               ) -> tuple[list[int], list[float], list[float], list[int]]:
+def mean_curve(curves: dict[int, dict[int, float]]) -> tuple[list[int], list[float], list[float], list[int]]:
     """Each epoch that two runs or more reached with a number (a diverged epoch is not one): its mean, sample std
     and how many runs; none for one run."""
     if len(curves) < 2:
         return [], [], [], []
     finite = {e: [c[e] for c in curves.values() if e in c and math.isfinite(c[e])]
               for e in sorted(set().union(*(set(c) for c in curves.values())))}
-    epochs = [e for e, values in finite.items() if len(values) >= max(2, least)]
+    epochs = [e for e, values in finite.items() if len(values) > 1]
     return (epochs, [statistics.fmean(finite[e]) for e in epochs], [statistics.stdev(finite[e]) for e in epochs],
             [len(finite[e]) for e in epochs])
 
@@ -771,7 +770,8 @@ def build_report(paths: StudyPaths) -> str:
            f"sample standard deviation over the epochs every run has reached" if seeds > 1 else "")
         + (". In red, dotted: the seed recipe's settings (trial 0's) trained the same way on the same seeds (the "
            "baseline, final/baseline/seed-&lt;s&gt;/), each seed thin and their mean thick: the same seed draws the "
-           "same initialisation, data order and augmentation, so each seed's difference is what the search bought"
+           "same initialisation (and the same data order and augmentation, but where one side's dropout is 0: it "
+           "draws nothing), so each seed's difference is what the search bought"
            if final.baseline else "")
         + f". Below it, the first run's loss, accuracy and learning rate at the end of each epoch (each run's "
           f"directory final/seed-&lt;s&gt;/ has its own curves.html). The {final.eval_set} set chose nothing: quote "

@@ -215,7 +215,8 @@ def completed_acc(run: dict[str, Any]) -> float | None:
 def paired_difference(chosen: Sequence[dict[str, Any]], baseline: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """Chosen minus baseline, seed by seed, over the seeds both completed: mean, sample std, n and a 95% t-interval.
 
-    Paired because the same seed draws the same initialisation, data order and augmentation in both groups: the
+    Paired because the same seed draws the same initialisation in both groups (and the same data order and
+    augmentation, unless one side's dropout is 0: it draws nothing, and the two random sequences part): much of the
     seed's own luck cancels out of each difference. None where no seed has both; no std or interval for one.
     """
     by_seed = {r["seed"]: completed_acc(r) for r in baseline}
@@ -277,11 +278,11 @@ def final_line(summary: dict[str, Any]) -> str:
         return f"final: no {name} accuracy ({summary['status']})" + comparison_text(summary)
     seeds = len(summary["seeds"])
     counted = "" if n == seeds else f" ({n} of {seeds} runs completed)"
+    head = f"final: {percent(mean, std)} {name} accuracy"
     if std is None:
-        head = f"final: {100 * mean:.2f}% {name} accuracy" + (f" (seed {summary['runs'][0]['seed']})" if seeds == 1
-                                                              else counted)
+        head += f" (seed {summary['runs'][0]['seed']})" if seeds == 1 else counted
     else:
-        head = f"final: {100 * mean:.2f} +- {100 * std:.2f}% {name} accuracy over {n} seeds{counted}"
+        head += f" over {n} seeds{counted}"
     return head + comparison_text(summary)
 
 
