@@ -94,9 +94,15 @@ def load_final_summary(paths: StudyPaths) -> dict[str, Any] | None:
             except ValueError as e:
                 raise RecipeError(f"{path}: damaged ({why}), and so is {run_summary}, from which it is rebuilt ({e}); "
                                   f"put back a copy of either") from None
-    from search.results import final_summary  # pure, but beside Optuna's and pandas' imports
+    from search.results import baseline_of, final_summary  # pure, but beside Optuna's and pandas' imports
 
-    summary = final_summary(paths, seeds, baseline=baseline)
+    skipped = None
+    if not baseline:  # none trained: say why, as the final stage did, where the chosen settings are the seed recipe's
+        try:
+            skipped = baseline_of(paths.load_spec(), read_object(paths.best))[1]
+        except (OSError, ValueError, KeyError, RecipeError):
+            pass  # no best.json to read it from: the summary as the runs say, without the why
+    summary = final_summary(paths, seeds, baseline=baseline, skipped=skipped)
     write_json(path, summary)
     note(f"{path} was damaged ({why}); rebuilt from the final runs' own summaries "
          f"(final/{'{,baseline/}' if baseline else ''}seed-{{{','.join(map(str, seeds))}}}/summary.json)")

@@ -235,6 +235,16 @@ def paired_difference(chosen: Sequence[dict[str, Any]], baseline: Sequence[dict[
 NO_BASELINE = "the chosen settings are the seed recipe's own: no baseline to train"
 
 
+def baseline_of(spec: StudySpec, best: dict[str, Any]) -> tuple[bool, str | None]:
+    """Whether the final stage trains the seed recipe beside the chosen settings (best.json's); and why not, where the
+    study asked for it but the chosen settings are the seed recipe's own (nothing to compare)."""
+    if not spec.selection.baseline:
+        return False, None
+    if best["params"] == spec.seed_params():
+        return False, NO_BASELINE
+    return True, None
+
+
 def final_summary(paths: StudyPaths, seeds: Sequence[int], failed: Collection[str] = (),
                   baseline: bool = False, skipped: str | None = None) -> dict[str, Any]:
     """The final runs in one record: each seed's run, its last-epoch test accuracy, their mean and sample std; with
@@ -265,6 +275,18 @@ def final_summary(paths: StudyPaths, seeds: Sequence[int], failed: Collection[st
     }
 
 
+def final_exit_status(summary: dict[str, Any]) -> int:
+    """The study's exit status once its final stage has ended: 0 where every run of the chosen settings completed.
+
+    A baseline run that diverged is a finding about the seed recipe, said by the last line, not a failure of the study:
+    its final model was trained. A run that diverged for good among the chosen settings', or one to run again, is 1.
+    """
+    if summary["status"] == "completed":
+        return 0
+    redo = summary["status"] not in FINISHED
+    return 1 if redo or any(r["status"] != "completed" for r in summary["runs"]) else 0
+
+
 def percent(mean: float, std: float | None) -> str:
     return f"{100 * mean:.2f}" + (f" +- {100 * std:.2f}%" if std is not None else "%")
 
@@ -277,13 +299,18 @@ def final_line(summary: dict[str, Any]) -> str:
     if mean is None:
         return f"final: no {name} accuracy ({summary['status']})" + comparison_text(summary)
     seeds = len(summary["seeds"])
-    counted = "" if n == seeds else f" ({n} of {seeds} runs completed)"
+    counted = "" if n == seeds else f" ({n} of {seeds} runs completed; {not_counted(summary['runs'])})"
     head = f"final: {percent(mean, std)} {name} accuracy"
     if std is None:
         head += f" (seed {summary['runs'][0]['seed']})" if seeds == 1 else counted
     else:
         head += f" over {n} seeds{counted}"
     return head + comparison_text(summary)
+
+
+def not_counted(runs: Sequence[dict[str, Any]]) -> str:
+    """The runs left out of a group's mean, by seed: "seed 1 diverged, seed 2 not run"."""
+    return ", ".join(f"seed {r['seed']} {r['status']}" for r in runs if completed_acc(r) is None)
 
 
 def comparison_text(summary: dict[str, Any]) -> str:
@@ -298,7 +325,7 @@ def comparison_text(summary: dict[str, Any]) -> str:
         status = next((r["status"] for r in baseline["runs"] if r["status"] != "completed"), "none completed")
         return f"; the seed recipe: no {summary.get('eval_set') or 'test'} accuracy ({status})"
     seeds = len(baseline["runs"])
-    counted = "" if n == seeds else f", {n} of {seeds} runs completed"
+    counted = "" if n == seeds else f", {n} of {seeds} runs completed; {not_counted(baseline['runs'])}"
     diff = summary.get("difference")
     if diff is None:
         return f"; the seed recipe: {percent(mean, std)}{counted}"

@@ -25,7 +25,7 @@ from search.cluster import gpus_to_use, start_ray
 from search.live import FinalView, LiveView, RevalidationView, settings
 from search.plan import Plan
 from search.record import load_final_summary, load_revalidation
-from search.results import (NO_BASELINE, final_line, final_summary, open_study, revalidation_record,
+from search.results import (baseline_of, final_exit_status, final_line, final_summary, open_study, revalidation_record,
                             top_trials, write_results, write_trials)
 from search.asha import StudyASHA
 from search.resume import (CheckpointRecord, KeepLatestCheckpoint, clear_final, extend, final_runs_left,
@@ -280,16 +280,6 @@ def revalidate(p: Plan, gpus: int, study: optuna.Study, stop: Stop) -> dict[str,
     return chosen
 
 
-def baseline_of(spec: StudySpec, best: dict[str, Any]) -> tuple[bool, str | None]:
-    """Whether the final stage trains the seed recipe beside the chosen settings; and why not, where the study
-    asked for it but the chosen settings are the seed recipe's own (nothing to compare)."""
-    if not spec.selection.baseline:
-        return False, None
-    if best["params"] == spec.seed_params():
-        return False, NO_BASELINE
-    return True, None
-
-
 def final_plan(p: Plan, gpus: int) -> tuple[list[int], int]:
     """The final stage's seeds (those it began with, where it has) and how many runs it trains at most (the baseline
     beside the chosen settings where the study asks for it)."""
@@ -480,7 +470,7 @@ def run(p: Plan, stop: Stop) -> int:
             return 1
         write_report(p)
         print(final_line(summary))
-        return 0 if summary["status"] == "completed" else 1
+        return final_exit_status(summary)
     finally:
         with stop.deferred():
             ray.shutdown()

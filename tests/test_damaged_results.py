@@ -22,7 +22,7 @@ from report_fixture import FINISHED, make_study
 from search import report
 from search import results as study_results
 from search import run as search_run
-from search.record import load_revalidation
+from search.record import load_final_summary, load_revalidation
 from search.study import StudyPaths
 
 
@@ -130,6 +130,22 @@ def test_a_cut_short_final_summary_is_rebuilt_by_the_report_which_shows_it(work,
     mean, std = 100 * whole["mean_final_eval_acc"], 100 * whole["std_final_eval_acc"]
     assert f"test accuracy {mean:.2f}% +- {std:.2f}% at the last epoch, mean and sample std over 2 seeds" in (
         paths.report.read_text())
+
+
+def test_a_rebuilt_final_summary_says_why_there_is_no_baseline_where_the_seed_recipe_was_chosen(finished_study):
+    paths = finished_study
+    spec = paths.load_spec()
+    assert spec.selection.baseline  # the study asked for one
+    best = json.loads(paths.best.read_text())
+    paths.best.write_text(json.dumps({**best, "trial_id": 0, "params": spec.seed_params()}))
+    summary = paths.final / "summary.json"
+    cut_short(summary)
+    rebuilt = load_final_summary(paths)
+    assert rebuilt["baseline"] is None and rebuilt["baseline_skipped"] == study_results.NO_BASELINE
+    assert study_results.final_line(rebuilt).endswith("; " + study_results.NO_BASELINE)
+    cut_short(summary)
+    paths.best.unlink()  # nothing to say why from: the runs' figures alone
+    assert load_final_summary(paths)["baseline_skipped"] is None
 
 
 def test_a_cut_short_trials_csv_is_rebuilt_from_optuna_db(work, finished_study, no_ray, capsys):

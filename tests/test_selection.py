@@ -117,7 +117,7 @@ def test_trials_csv_carries_the_re_runs_and_the_mean_of_the_re_validated_trials(
 
 def write_run(paths: StudyPaths, seed: int, status: str, acc: float | None, baseline: bool = False) -> None:
     run = paths.final_run(seed, baseline)
-    run.mkdir(parents=True)
+    run.mkdir(parents=True, exist_ok=True)
     (run / "summary.json").write_text(json.dumps({
         "status": status, "final_eval_acc": acc, "best_eval_acc": acc, "best_epoch": 4, "epochs_run": 4,
         "epochs": 4, "eval_set": "test", "wall_time_s": 10.0 + seed}))
@@ -152,6 +152,27 @@ def test_a_seed_to_run_again_outranks_a_diverged_one_in_the_summarys_status(tmp_
     write_run(paths, 1, "running", 0.4)
     assert results.final_summary(paths, [0, 1], failed={"seed-1"})["status"] == "failed"  # --resume has work to do
     assert results.final_summary(paths, [0])["status"] == "diverged"  # ended for good
+    assert results.final_exit_status(results.final_summary(paths, [0, 1], failed={"seed-1"})) == 1
+    assert results.final_exit_status(results.final_summary(paths, [0])) == 1  # the final model diverged
+
+
+def test_a_diverged_baseline_run_is_said_by_seed_and_fails_nothing_where_the_chosen_settings_runs_completed(tmp_path):
+    paths = StudyPaths(tmp_path / "s")
+    for seed, baseline in ((0, 0.77), (1, float("nan")), (2, 0.76)):
+        write_run(paths, seed, "completed", 0.78)
+        write_run(paths, seed, "completed" if baseline == baseline else "diverged", baseline, baseline=True)
+    summary = results.final_summary(paths, [0, 1, 2], baseline=True)
+    assert summary["status"] == "diverged" and summary["difference"]["seeds"] == [0, 2]
+    assert results.final_line(summary) == (
+        "final: 78.00 +- 0.00% test accuracy over 3 seeds; the seed recipe: 76.50 +- 0.71% (+1.50 points, 95% CI "
+        "-4.85 to +7.85, paired over 2 seeds, 2 of 3 runs completed; seed 1 diverged)")
+    assert results.final_exit_status(summary) == 0  # the study's final model was trained: the line says the rest
+    write_run(paths, 2, "diverged", float("nan"))  # one of the chosen settings' own runs diverges
+    summary = results.final_summary(paths, [0, 1, 2], baseline=True)
+    assert results.final_line(summary).startswith("final: 78.00 +- 0.00% test accuracy over 2 seeds (2 of 3 runs "
+                                                  "completed; seed 2 diverged); the seed recipe: ")
+    assert results.final_exit_status(summary) == 1
+    assert results.final_exit_status(results.final_summary(paths, [0])) == 0
 
 
 def test_one_seed_is_one_number_and_an_unfinished_seed_keeps_the_study_unfinished(tmp_path):
@@ -161,7 +182,7 @@ def test_one_seed_is_one_number_and_an_unfinished_seed_keeps_the_study_unfinishe
     assert one["std_final_eval_acc"] is None and results.final_line(one) == "final: 50.00% test accuracy (seed 0)"
     two = results.final_summary(paths, [0, 1])
     assert two["status"] == "not run" and two["n"] == 1
-    assert results.final_line(two) == "final: 50.00% test accuracy (1 of 2 runs completed)"
+    assert results.final_line(two) == "final: 50.00% test accuracy (1 of 2 runs completed; seed 1 not run)"
 
 
 def t_density(t: float, df: int) -> float:
@@ -229,7 +250,8 @@ def test_a_baseline_run_left_to_do_keeps_the_final_stage_unfinished_and_pairs_on
     assert summary["status"] == "failed" and summary["n"] == 2 and summary["baseline"]["n"] == 1
     assert [r["status"] for r in summary["baseline"]["runs"]] == ["completed", "failed"]
     assert summary["difference"]["seeds"] == [0] and summary["difference"]["ci95"] is None
-    assert results.final_line(summary).endswith("; the seed recipe: 77.00% (+1.00 points, 1 of 2 runs completed)")
+    assert results.final_line(summary).endswith("; the seed recipe: 77.00% (+1.00 points, 1 of 2 runs completed; "
+                                                       "seed 1 failed)")
 
 
 def test_where_the_seed_recipe_is_chosen_the_last_line_says_there_is_no_baseline(tmp_path):
