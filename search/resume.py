@@ -38,7 +38,7 @@ from ray import tune
 
 from recipe.checkpoint import write_json
 from search.record import load_final_summary, note, read_run_record
-from search.results import final_summary
+from search.results import NO_BASELINE, final_summary
 from search.storage import fs_path, join
 from search.study import BASELINE, FINISHED, SEARCHED, StudyPaths, final_run_name, read_object
 from search.trainable import run_key
@@ -234,3 +234,35 @@ def clear_final(paths: StudyPaths, storage: str, keep_baseline: bool) -> None:
             child.unlink()
     if started is not None and (paths.final / BASELINE).is_dir():
         write_json(paths.final / "summary.json", final_summary(paths, started["seeds"], baseline=True))
+
+
+def promote_baseline(paths: StudyPaths, storage: str, seed_params: dict[str, float]) -> list[str]:
+    """The choice changed to the seed recipe (an extended study): the baseline's runs, which trained its settings
+    with the final runs' config on the same seeds, become the final runs, ended or midway, and the earlier choice's
+    go with every recorded checkpoint. Returns the runs kept (final_run_name), none where final/baseline/ is not there.
+
+    Each step is a removal or a rename, and the study looks for final/baseline/ again when resumed, so one killed
+    midway does the rest then. A run midway goes on from its own directory's last checkpoint; on a cluster a
+    baseline run midway (its files on Tune's storage, whose record is gone) starts again.
+    """
+    base = paths.final / BASELINE
+    if not base.is_dir():
+        return []
+    started = load_final_summary(paths)  # its seeds: kept until rewritten (whole) below
+    CheckpointRecord(paths, storage).drop("final-tune")
+    for run in sorted(paths.final.glob("seed-*")):
+        try:
+            config = read_object(run / "config.json")
+        except (OSError, ValueError):
+            config = {}  # a run that never trained an epoch: nothing worth keeping
+        if {k: config.get(k) for k in SEARCHED} != seed_params:  # the earlier choice's
+            shutil.rmtree(run)
+    kept = []
+    for run in sorted(base.glob("seed-*")):
+        if not (paths.final / run.name).exists():
+            run.rename(paths.final / run.name)
+            kept.append(run.name)
+    shutil.rmtree(base)
+    if started is not None:
+        write_json(paths.final / "summary.json", final_summary(paths, started["seeds"], skipped=NO_BASELINE))
+    return kept

@@ -25,15 +25,15 @@ from search.cluster import gpus_to_use, start_ray
 from search.live import FinalView, LiveView, RevalidationView, settings
 from search.plan import Plan
 from search.record import load_final_summary, load_revalidation
-from search.results import (baseline_of, final_exit_status, final_line, final_summary, open_study, revalidation_record,
-                            top_trials, write_results, write_trials)
+from search.results import (NO_BASELINE, baseline_of, final_exit_status, final_line, final_summary, open_study,
+                            revalidation_record, top_trials, write_results, write_trials)
 from search.asha import StudyASHA
 from search.resume import (CheckpointRecord, KeepLatestCheckpoint, clear_final, extend, final_runs_left,
-                           final_settings, reruns_left, search_left, sweep)
+                           final_settings, promote_baseline, reruns_left, search_left, sweep)
 from search.searcher import FailureReasons, StudySearcher, error_of, fail_running, reason_of
 from search.stopping import Stop
 from search.storage import is_uri, join, whole_files
-from search.study import SEARCHED, StudySpec, final_run_name
+from search.study import BASELINE, SEARCHED, StudySpec, final_run_name
 from search.trainable import DISK_FULL, RUN_DIR, run_recipe
 
 
@@ -451,7 +451,13 @@ def run(p: Plan, stop: Stop) -> int:
         print(f"best: trial {best['trial_id']}, {spec.metric} {best['value']:.4f}{mean}, {settings(best['params'])} "
               f"-> {paths.best}")
         trained = final_settings(paths)  # those of the choice before, where its final runs began
-        if trained is not None and trained != best["params"]:  # an extended study chose other settings
+        if baseline_of(spec, best)[1] == NO_BASELINE and (paths.final / BASELINE).is_dir():
+            # An extended study chose the seed recipe, whose runs the baseline trained: they are its final runs.
+            kept = promote_baseline(paths, p.storage, spec.seed_params())
+            print(f"the choice changed to trial {best['trial_id']}, the seed recipe's settings: the baseline's runs "
+                  f"become its final runs ({', '.join(kept) if kept else 'none had ended or begun here'}), in place of "
+                  f"the earlier choice's")
+        elif trained is not None and trained != best["params"]:  # an extended study chose other settings
             keep = baseline_of(spec, best)[0]  # the seed recipe's runs are the same whatever the choice
             print(f"the choice changed to trial {best['trial_id']}: the final runs train again with its settings, in "
                   f"place of {paths.final}" + (f" (the baseline's runs, {paths.final / 'baseline'}, kept)"

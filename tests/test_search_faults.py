@@ -805,3 +805,40 @@ def test_a_changed_choice_trains_its_final_runs_again_and_keeps_the_baselines_wh
     assert [r["status"] for r in summary["baseline"]["runs"]] == ["completed", "running"]
     clear_final(paths, str(tmp_path), keep_baseline=False)  # the seed recipe chosen now: no baseline
     assert list(paths.final.iterdir()) == [] and record.read() == {}
+
+
+def test_a_choice_changed_to_the_seed_recipe_keeps_the_baselines_runs_as_its_final_runs_even_when_killed_midway(
+        tmp_path):
+    from search.resume import CheckpointRecord, final_settings, promote_baseline
+    from search.results import NO_BASELINE, final_summary
+    from search.study import StudyPaths
+
+    seed_recipe = {"lr": 0.1, "weight_decay": 5e-4, "dropout": 0.2, "label_smoothing": 0.1}
+    chosen = {"lr": 0.3, "weight_decay": 1e-4, "dropout": 0.0, "label_smoothing": 0.0}
+    paths = StudyPaths(tmp_path / "tiny")
+
+    def make(run: str, settings: dict, status: str) -> None:
+        (paths.final / run).mkdir(parents=True)
+        (paths.final / run / "config.json").write_text(json.dumps({**settings, "seed": int(run[-1]), "epochs": 4}))
+        (paths.final / run / "summary.json").write_text(json.dumps({"status": status, "final_eval_acc": 0.5}))
+
+    for seed in (0, 1, 2):
+        make(f"seed-{seed}", chosen, "completed")
+    make("baseline/seed-0", seed_recipe, "completed")
+    make("baseline/seed-1", seed_recipe, "running")  # midway: goes on from its own checkpoint
+    (paths.final / "seed-3").mkdir()  # a run of the earlier choice that never wrote its config
+    (paths.final / "summary.json").write_text(json.dumps(final_summary(paths, [0, 1, 2], baseline=True)))
+    record = CheckpointRecord(paths, str(tmp_path))
+    record.set("final-tune", "baseline/seed-1", "final-tune/b/checkpoint_000001")
+    record.set("final-tune", "seed-2", "final-tune/a/checkpoint_000001")
+    # Killed after the earlier choice's seed-0 went and before the renames: resumed, the study does the rest.
+    shutil.rmtree(paths.final / "seed-0")
+    assert promote_baseline(paths, str(tmp_path), seed_recipe) == ["seed-0", "seed-1"]
+    assert sorted(p.name for p in paths.final.iterdir()) == ["seed-0", "seed-1", "summary.json"]
+    assert final_settings(paths) == seed_recipe and record.read() == {}
+    assert json.loads((paths.final / "seed-1" / "summary.json").read_text())["status"] == "running"
+    summary = json.loads((paths.final / "summary.json").read_text())  # the same seeds; seed 2 to train
+    assert summary["seeds"] == [0, 1, 2] and summary["baseline"] is None and summary["baseline_skipped"] == NO_BASELINE
+    assert [r["status"] for r in summary["runs"]] == ["completed", "running", "not run"]
+    assert promote_baseline(paths, str(tmp_path), seed_recipe) == []  # done: nothing more to do
+    assert sorted(p.name for p in paths.final.iterdir()) == ["seed-0", "seed-1", "summary.json"]
