@@ -101,8 +101,9 @@ def whole_files() -> pyarrow.fs.FileSystem:
 
 
 def is_uri(storage: str) -> bool:
-    """Whether --storage names a URI (s3://..., gs://...) rather than a local path."""
-    return "://" in storage
+    """Whether --storage names a URI (s3://..., gs://...) rather than a local path: a scheme, then "://", as pyarrow
+    reads it (an absolute path holding "://" is a local one to pyarrow, and so here)."""
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", storage) is not None
 
 
 def join(storage: str, *parts: str) -> str:

@@ -362,6 +362,7 @@ def final_runs(p: Plan, gpus: int, best: dict[str, Any], stop: Stop) -> dict[str
                 target = paths.final / r.config["run"]
                 if target.exists():
                     shutil.rmtree(target)
+                target.parent.mkdir(parents=True, exist_ok=True)  # final/baseline/ for the baseline's runs
                 pyarrow.fs.copy_files(f"{r.path}/{RUN_DIR}", str(target), source_filesystem=r.filesystem)
     summary = final_summary(paths, seeds, failed=set(errors), baseline=baseline, skipped=skipped)
     write_json(paths.final / "summary.json", summary)

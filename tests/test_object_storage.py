@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, s3_server_running
 
 from search.resume import CheckpointRecord, KeepLatestCheckpoint
-from search.storage import fs_path, join
+from search.storage import fs_path, is_uri, join
 from search.study import StudyPaths
 
 TINY = str(REPO / "tests" / "studies" / "tiny.toml")
@@ -32,6 +32,8 @@ def test_every_path_under_a_storage_uri_goes_before_its_query_string():
     assert join(f"s3://bucket/prefix/?{OPTIONS}") == storage  # as given, less a trailing slash
     assert join("s3://bucket/prefix", "smoke") == "s3://bucket/prefix/smoke"
     assert join("/shared/what?", "smoke") == "/shared/what?/smoke"  # a local path's ? is part of a name
+    assert is_uri("s3://bucket") and is_uri("hdfs://namenode:8020/hpo") and not is_uri("/shared/odd://name")
+    assert pyarrow.fs.FileSystem.from_uri("/shared/odd://name")[1] == "/shared/odd://name"  # a local path to pyarrow
     assert pyarrow.fs.FileSystem.from_uri(join(storage, "smoke", "tune"))[1] == "bucket/prefix/smoke/tune"
     # Tune's paths on the store's file system: no scheme, no query (and, but for a bucket, no host).
     assert fs_path(join(storage, "smoke")) == "bucket/prefix/smoke"
