@@ -310,7 +310,8 @@ def final_line(summary: dict[str, Any]) -> str:
 
 def not_counted(runs: Sequence[dict[str, Any]]) -> str:
     """The runs left out of a group's mean, by seed: "seed 1 diverged, seed 2 not run"."""
-    return ", ".join(f"seed {r['seed']} {r['status']}" for r in runs if completed_acc(r) is None)
+    return ", ".join(f"seed {r['seed']} {r['status'] if r['status'] != 'completed' else 'without an accuracy'}"
+                     for r in runs if completed_acc(r) is None)
 
 
 def comparison_text(summary: dict[str, Any]) -> str:

@@ -212,57 +212,74 @@ def ended(summary: Path) -> bool:
     return summary.is_file() and read_run_record(summary).get("status") in FINISHED
 
 
-def clear_final(paths: StudyPaths, storage: str, keep_baseline: bool) -> None:
+def clear_final(paths: StudyPaths, storage: str, keep_baseline: bool, seed_params: dict[str, float]) -> None:
     """An earlier choice's final runs gone, with their recorded checkpoints, as the choice changed (an extended study).
 
     With `keep_baseline` the seed recipe's runs stay, ended or midway, with their seeds (final/summary.json keeps
-    them): the new choice's baseline trains the same settings on the same seeds.
+    them): the new choice's baseline trains the same settings on the same seeds. They are final/baseline/seed-<s>/,
+    or final/seed-<s>/ where the seed recipe was the earlier choice: those move to final/baseline/.
+    Each step is a removal or a rename; killed midway, the study resumed does the rest (a final/seed-<s>/ of other
+    settings than the new choice's is found again), and meanwhile final/summary.json says the stage is unfinished.
     """
+    started = load_final_summary(paths) if keep_baseline else None
+    if started is not None:  # its seeds stay (those the kept runs trained with, not the ones it would choose now)
+        write_json(paths.final / "summary.json", {**started, "status": "interrupted"})
     record = CheckpointRecord(paths, storage)
     for key in list(record.read().get("final-tune", {})):
         if not (keep_baseline and key.startswith(f"{BASELINE}/")):
             record.drop("final-tune", key)
-    started = load_final_summary(paths) if keep_baseline else None
     for child in list(paths.final.iterdir()) if paths.final.is_dir() else []:
-        # The summary stays until rewritten (whole): killed meanwhile, the study resumes with the seeds the kept
-        # baseline's runs were trained with, not the ones it would choose now.
-        if keep_baseline and (child.name == BASELINE or started is not None and child.name == "summary.json"):
+        if keep_baseline and child.name in (BASELINE, "summary.json"):
             continue
+        if keep_baseline and child.name.startswith("seed-") and settings_of(child) == seed_params:
+            target = paths.final / BASELINE / child.name
+            if not target.exists():
+                target.parent.mkdir(exist_ok=True)
+                child.rename(target)
+                continue
         if child.is_dir():
             shutil.rmtree(child)
         else:
             child.unlink()
-    if started is not None and (paths.final / BASELINE).is_dir():
+    if started is not None:
         write_json(paths.final / "summary.json", final_summary(paths, started["seeds"], baseline=True))
+
+
+def settings_of(run: Path) -> dict[str, Any] | None:
+    """The searched settings a final run directory trained (its config.json); None where it has none to read."""
+    try:
+        config = read_object(run / "config.json")
+    except (OSError, ValueError):  # not written yet (no epoch trained), or damaged
+        return None
+    return {k: config.get(k) for k in SEARCHED}
 
 
 def promote_baseline(paths: StudyPaths, storage: str, seed_params: dict[str, float]) -> list[str]:
     """The choice changed to the seed recipe (an extended study): the baseline's runs, which trained its settings
     with the final runs' config on the same seeds, become the final runs, ended or midway, and the earlier choice's
-    go with every recorded checkpoint. Returns the runs kept (final_run_name), none where final/baseline/ is not there.
+    go with every recorded checkpoint. Returns the runs moved (final_run_name), none where final/baseline/ is not there.
 
     Each step is a removal or a rename, and the study looks for final/baseline/ again when resumed, so one killed
-    midway does the rest then. A run midway goes on from its own directory's last checkpoint; on a cluster a
-    baseline run midway (its files on Tune's storage, whose record is gone) starts again.
+    midway does the rest then; meanwhile final/summary.json says the stage is unfinished. A run midway goes on from
+    its own directory's last checkpoint; on a cluster a baseline run midway (its files on Tune's storage, whose
+    record is gone) starts again.
     """
     base = paths.final / BASELINE
     if not base.is_dir():
         return []
-    started = load_final_summary(paths)  # its seeds: kept until rewritten (whole) below
+    started = load_final_summary(paths)  # its seeds: kept, and rewritten whole below
+    if started is not None:
+        write_json(paths.final / "summary.json", {**started, "status": "interrupted"})
     CheckpointRecord(paths, storage).drop("final-tune")
     for run in sorted(paths.final.glob("seed-*")):
-        try:
-            config = read_object(run / "config.json")
-        except (OSError, ValueError):
-            config = {}  # a run that never trained an epoch: nothing worth keeping
-        if {k: config.get(k) for k in SEARCHED} != seed_params:  # the earlier choice's
+        if settings_of(run) != seed_params:  # the earlier choice's (a run moved here by an earlier attempt stays)
             shutil.rmtree(run)
-    kept = []
+    moved = []
     for run in sorted(base.glob("seed-*")):
         if not (paths.final / run.name).exists():
             run.rename(paths.final / run.name)
-            kept.append(run.name)
+            moved.append(run.name)
     shutil.rmtree(base)
     if started is not None:
         write_json(paths.final / "summary.json", final_summary(paths, started["seeds"], skipped=NO_BASELINE))
-    return kept
+    return moved

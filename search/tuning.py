@@ -454,16 +454,18 @@ def run(p: Plan, stop: Stop) -> int:
         trained = final_settings(paths)  # those of the choice before, where its final runs began
         if baseline_of(spec, best)[1] == NO_BASELINE and (paths.final / BASELINE).is_dir():
             # An extended study chose the seed recipe, whose runs the baseline trained: they are its final runs.
-            kept = promote_baseline(paths, p.storage, spec.seed_params())
+            moved = promote_baseline(paths, p.storage, spec.seed_params())
+            runs = f" ({', '.join(moved)})" if moved else ""
             print(f"the choice changed to trial {best['trial_id']}, the seed recipe's settings: the baseline's runs "
-                  f"become its final runs ({', '.join(kept) if kept else 'none had ended or begun here'}), in place of "
-                  f"the earlier choice's")
+                  f"become its final runs{runs}, in place of the earlier choice's: not trained again")
         elif trained is not None and trained != best["params"]:  # an extended study chose other settings
             keep = baseline_of(spec, best)[0]  # the seed recipe's runs are the same whatever the choice
+            # They are the baseline's, or the earlier choice's where that was the seed recipe: kept as the baseline.
+            kept = keep and ((paths.final / BASELINE).is_dir() or trained == spec.seed_params())
             print(f"the choice changed to trial {best['trial_id']}: the final runs train again with its settings, in "
-                  f"place of {paths.final}" + (f" (the baseline's runs, {paths.final / 'baseline'}, kept)"
-                                               if keep and (paths.final / 'baseline').is_dir() else ""))
-            clear_final(paths, p.storage, keep_baseline=keep)
+                  f"place of {paths.final}" + (f" (the seed recipe's runs kept as the baseline's, "
+                                               f"{paths.final / BASELINE})" if kept else ""))
+            clear_final(paths, p.storage, keep_baseline=keep, seed_params=spec.seed_params())
         elif grew and trained is not None:
             print(f"trial {best['trial_id']} stays the choice: its final runs are not trained again")
         write_report(p)

@@ -782,63 +782,113 @@ def test_each_re_run_is_logged_once_as_it_ends_and_a_retry_replaces_its_failure(
     assert (done["trial_id"], done["seed"], done["status"], done["value"], done["epochs"]) == (2, 1, "completed", 0.4, 3)
 
 
-def test_a_changed_choice_trains_its_final_runs_again_and_keeps_the_baselines_which_are_the_same(tmp_path):
-    from search.resume import CheckpointRecord, clear_final
+SEED_RECIPE = {"lr": 0.1, "weight_decay": 5e-4, "dropout": 0.2, "label_smoothing": 0.1}
+OTHER = {"lr": 0.3, "weight_decay": 1e-4, "dropout": 0.0, "label_smoothing": 0.0}
+
+
+def final_dirs(tmp_path: Path, runs: dict[str, tuple[dict | None, str]], seeds: list[int], baseline: bool):
+    """final/ as a study leaves it: each run's config.json (its settings; None: none written) and summary.json (its
+    status), and final/summary.json over `seeds`; and the study's checkpoint record (empty)."""
+    from search.resume import CheckpointRecord
     from search.results import final_summary
     from search.study import StudyPaths
 
     paths = StudyPaths(tmp_path / "tiny")
-    for run in ("seed-0", "seed-1", "baseline/seed-0", "baseline/seed-1"):
+    for run, (settings, status) in runs.items():
         (paths.final / run).mkdir(parents=True)
-        (paths.final / run / "summary.json").write_text(json.dumps({"status": "completed", "final_eval_acc": 0.5}))
-    (paths.final / "baseline" / "seed-1" / "summary.json").write_text(json.dumps({"status": "running"}))  # midway
-    (paths.final / "summary.json").write_text(json.dumps(final_summary(paths, [0, 1], baseline=True)))
-    record = CheckpointRecord(paths, str(tmp_path))
+        if settings is not None:
+            (paths.final / run / "config.json").write_text(json.dumps({**settings, "seed": int(run[-1]), "epochs": 4}))
+        (paths.final / run / "summary.json").write_text(json.dumps({"status": status, "final_eval_acc": 0.5}))
+    (paths.final / "summary.json").write_text(json.dumps(final_summary(paths, seeds, baseline=baseline)))
+    return paths, CheckpointRecord(paths, str(tmp_path))
+
+
+def final_listing(paths) -> list[str]:
+    return sorted(str(p.relative_to(paths.final)) for p in paths.final.rglob("*") if p.name != "config.json"
+                  and p.name != "summary.json" or p.parent == paths.final)
+
+
+def test_a_changed_choice_trains_its_final_runs_again_and_keeps_the_baselines_which_are_the_same(tmp_path):
+    from search.resume import clear_final
+
+    paths, record = final_dirs(tmp_path, {"seed-0": (OTHER, "completed"), "seed-1": (OTHER, "completed"),
+                                          "baseline/seed-0": (SEED_RECIPE, "completed"),
+                                          "baseline/seed-1": (SEED_RECIPE, "running")}, [0, 1], baseline=True)
     record.set("final-tune", "seed-1", "final-tune/a/checkpoint_000001")
     record.set("final-tune", "baseline/seed-1", "final-tune/b/checkpoint_000001")
-    clear_final(paths, str(tmp_path), keep_baseline=True)
+    clear_final(paths, str(tmp_path), keep_baseline=True, seed_params=SEED_RECIPE)
     assert sorted(p.name for p in paths.final.iterdir()) == ["baseline", "summary.json"]
     assert sorted(p.name for p in (paths.final / "baseline").iterdir()) == ["seed-0", "seed-1"]
     assert record.read() == {"final-tune": {"baseline/seed-1": "final-tune/b/checkpoint_000001"}}  # it goes on
     summary = json.loads((paths.final / "summary.json").read_text())  # the same seeds, the chosen runs to do
     assert summary["seeds"] == [0, 1] and [r["status"] for r in summary["runs"]] == ["not run", "not run"]
     assert [r["status"] for r in summary["baseline"]["runs"]] == ["completed", "running"]
-    clear_final(paths, str(tmp_path), keep_baseline=False)  # the seed recipe chosen now: no baseline
+    clear_final(paths, str(tmp_path), keep_baseline=False, seed_params=SEED_RECIPE)  # no baseline asked for now
     assert list(paths.final.iterdir()) == [] and record.read() == {}
 
 
+def stop_at_first(monkeypatch, owner, name: str) -> None:
+    """owner.name raises KeyboardInterrupt (a stop) at its first call, and works as before after."""
+    real, calls = getattr(owner, name), []
+
+    def stopped(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, stopped)
+
+
+def test_a_choice_changed_from_the_seed_recipe_keeps_its_runs_as_the_baseline_even_when_killed_midway(
+        tmp_path, monkeypatch):
+    from search.resume import clear_final, final_settings
+
+    paths, record = final_dirs(tmp_path, {"seed-0": (SEED_RECIPE, "completed"), "seed-1": (SEED_RECIPE, "running"),
+                                          "seed-2": (None, "running")}, [0, 1, 2], baseline=False)
+    (paths.final / "summary.json").write_text(json.dumps({**json.loads((paths.final / "summary.json").read_text()),
+                                                         "status": "completed"}))  # as a finished study's
+    stop_at_first(monkeypatch, Path, "rename")
+    with pytest.raises(KeyboardInterrupt):  # stopped before its first move
+        clear_final(paths, str(tmp_path), keep_baseline=True, seed_params=SEED_RECIPE)
+    assert json.loads((paths.final / "summary.json").read_text())["status"] == "interrupted"  # a stop says --resume
+    (paths.final / "seed-0").rename(paths.final / "baseline" / "seed-0")  # and again, after its first move
+    assert final_settings(paths) == SEED_RECIPE  # what the resumed study finds: not the new choice's
+    clear_final(paths, str(tmp_path), keep_baseline=True, seed_params=SEED_RECIPE)
+    assert final_listing(paths) == ["baseline", "baseline/seed-0", "baseline/seed-1", "summary.json"]
+    assert final_settings(paths) is None  # the new choice's runs to train
+    summary = json.loads((paths.final / "summary.json").read_text())
+    assert summary["seeds"] == [0, 1, 2] and [r["status"] for r in summary["runs"]] == ["not run"] * 3
+    assert [r["status"] for r in summary["baseline"]["runs"]] == ["completed", "running", "not run"]
+
+
 def test_a_choice_changed_to_the_seed_recipe_keeps_the_baselines_runs_as_its_final_runs_even_when_killed_midway(
-        tmp_path):
-    from search.resume import CheckpointRecord, final_settings, promote_baseline
-    from search.results import NO_BASELINE, final_summary
-    from search.study import StudyPaths
+        tmp_path, monkeypatch):
+    from search import resume
+    from search.resume import final_runs_left, final_settings, promote_baseline
+    from search.results import NO_BASELINE
 
-    seed_recipe = {"lr": 0.1, "weight_decay": 5e-4, "dropout": 0.2, "label_smoothing": 0.1}
-    chosen = {"lr": 0.3, "weight_decay": 1e-4, "dropout": 0.0, "label_smoothing": 0.0}
-    paths = StudyPaths(tmp_path / "tiny")
-
-    def make(run: str, settings: dict, status: str) -> None:
-        (paths.final / run).mkdir(parents=True)
-        (paths.final / run / "config.json").write_text(json.dumps({**settings, "seed": int(run[-1]), "epochs": 4}))
-        (paths.final / run / "summary.json").write_text(json.dumps({"status": status, "final_eval_acc": 0.5}))
-
-    for seed in (0, 1, 2):
-        make(f"seed-{seed}", chosen, "completed")
-    make("baseline/seed-0", seed_recipe, "completed")
-    make("baseline/seed-1", seed_recipe, "running")  # midway: goes on from its own checkpoint
+    paths, record = final_dirs(tmp_path, {**{f"seed-{s}": (OTHER, "completed") for s in (0, 1, 2)},
+                                          "baseline/seed-0": (SEED_RECIPE, "completed"),
+                                          "baseline/seed-1": (SEED_RECIPE, "running"),
+                                          "baseline/seed-2": (SEED_RECIPE, "completed")}, [0, 1, 2], baseline=True)
     (paths.final / "seed-3").mkdir()  # a run of the earlier choice that never wrote its config
-    (paths.final / "summary.json").write_text(json.dumps(final_summary(paths, [0, 1, 2], baseline=True)))
-    record = CheckpointRecord(paths, str(tmp_path))
     record.set("final-tune", "baseline/seed-1", "final-tune/b/checkpoint_000001")
     record.set("final-tune", "seed-2", "final-tune/a/checkpoint_000001")
-    # Killed after the earlier choice's seed-0 went and before the renames: resumed, the study does the rest.
+    # Killed once baseline/seed-0 had moved: seed-0 is the seed recipe's now, seed-1 and seed-2 the earlier choice's.
     shutil.rmtree(paths.final / "seed-0")
-    assert promote_baseline(paths, str(tmp_path), seed_recipe) == ["seed-0", "seed-1"]
-    assert sorted(p.name for p in paths.final.iterdir()) == ["seed-0", "seed-1", "summary.json"]
-    assert final_settings(paths) == seed_recipe and record.read() == {}
-    assert json.loads((paths.final / "seed-1" / "summary.json").read_text())["status"] == "running"
-    summary = json.loads((paths.final / "summary.json").read_text())  # the same seeds; seed 2 to train
+    (paths.final / "baseline" / "seed-0").rename(paths.final / "seed-0")
+    stop_at_first(monkeypatch, resume.shutil, "rmtree")
+    with pytest.raises(KeyboardInterrupt):  # and stopped again, at the first removal
+        promote_baseline(paths, str(tmp_path), SEED_RECIPE)
+    assert json.loads((paths.final / "summary.json").read_text())["status"] == "interrupted"  # a stop says --resume
+    assert promote_baseline(paths, str(tmp_path), SEED_RECIPE) == ["seed-1", "seed-2"]
+    assert final_listing(paths) == ["seed-0", "seed-1", "seed-2", "summary.json"]
+    assert final_settings(paths) == SEED_RECIPE and record.read() == {}
+    assert all(json.loads((paths.final / f"seed-{s}" / "config.json").read_text())["lr"] == 0.1 for s in (0, 1, 2))
+    summary = json.loads((paths.final / "summary.json").read_text())
     assert summary["seeds"] == [0, 1, 2] and summary["baseline"] is None and summary["baseline_skipped"] == NO_BASELINE
-    assert [r["status"] for r in summary["runs"]] == ["completed", "running", "not run"]
-    assert promote_baseline(paths, str(tmp_path), seed_recipe) == []  # done: nothing more to do
-    assert sorted(p.name for p in paths.final.iterdir()) == ["seed-0", "seed-1", "summary.json"]
+    assert [r["status"] for r in summary["runs"]] == ["completed", "running", "completed"]
+    assert final_runs_left(paths, [0, 1, 2]) == ["seed-1"]  # goes on from its own checkpoint
+    assert promote_baseline(paths, str(tmp_path), SEED_RECIPE) == []  # done: nothing more to do
+    assert final_listing(paths) == ["seed-0", "seed-1", "seed-2", "summary.json"]
