@@ -106,6 +106,20 @@ def is_uri(storage: str) -> bool:
     return re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", storage) is not None
 
 
+def local_path(storage: str) -> str | None:
+    """The local path a file:// URI names (file:///data/hpo: /data/hpo), as pyarrow reads it; None for any other.
+
+    A study given one keeps Tune's files there as on any local path: written whole (whole_files), and read in place.
+    """
+    if not is_uri(storage) or not storage.lower().startswith("file:"):
+        return None
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+    except (pyarrow.ArrowInvalid, ValueError):
+        return None  # check_uri says why, in one line
+    return path if fs.type_name == "local" else None
+
+
 def join(storage: str, *parts: str) -> str:
     """A location under `storage`, a path or a URI; a URI's query string (its file system's options) stays last.
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from types import SimpleNamespace
+from urllib.parse import quote
 
 import pyarrow.fs
 import pytest
@@ -40,6 +41,17 @@ def test_every_path_under_a_storage_uri_goes_before_its_query_string():
     spaced = f"s3://bucket/my%20prefix?{OPTIONS}"  # a URI's escapes, decoded as pyarrow decodes them
     assert fs_path(join(spaced, "smoke")) == pyarrow.fs.FileSystem.from_uri(join(spaced, "smoke"))[1]
     assert fs_path("hdfs://namenode:8020/hpo/smoke") == "/hpo/smoke" and fs_path("/shared/smoke") == "/shared/smoke"
+
+
+def test_a_file_uri_is_the_local_path_it_names_so_tunes_files_there_are_written_whole(work, no_ray):
+    from search import run as search_run
+
+    shared = work / "shared dir"
+    argv = ["--study", "smoke", "--results-dir", str(work / "results"), "--storage", f"file://{quote(str(shared))}"]
+    args = search_run.parse_args(argv)
+    planned = search_run.plan(args)
+    assert planned.storage == str(shared / "smoke") and not is_uri(planned.storage)  # as --storage PATH plans it
+    assert search_run.resume_command(args).endswith(f"--storage '{shared}' --resume")  # a command that goes on
 
 
 def test_each_runs_checkpoint_on_object_storage_is_recorded_and_freed_through_the_uris_options(tmp_path, s3_server):
