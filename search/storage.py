@@ -174,7 +174,9 @@ def check_uri(given: str, storage: str) -> None:
         fs, where = quick(fs)
     bucket = path.split("/", 1)[0]
     try:
-        if fs.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound:
+        if storage.split("://", 1)[0].lower() not in BUCKET_SCHEMES:  # hdfs://...: folders, made as Tune makes them
+            fs.create_dir(path, recursive=True)
+        elif fs.get_file_info(bucket).type == pyarrow.fs.FileType.NotFound:
             raise RecipeError(f"--storage {given}: no bucket {bucket!r} at {where}; create it (the study creates "
                               "none), or name one that exists")
         probe = f"{path}/.cifar100-hpo-probe-{uuid.uuid4().hex[:12]}"

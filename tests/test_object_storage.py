@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO, s3_server_running
 
 from search.resume import CheckpointRecord, KeepLatestCheckpoint
-from search.storage import fs_path, is_uri, join
+from search.storage import check_uri, fs_path, is_uri, join
 from search.study import StudyPaths
 
 TINY = str(REPO / "tests" / "studies" / "tiny.toml")
@@ -41,6 +41,11 @@ def test_every_path_under_a_storage_uri_goes_before_its_query_string():
     spaced = f"s3://bucket/my%20prefix?{OPTIONS}"  # a URI's escapes, decoded as pyarrow decodes them
     assert fs_path(join(spaced, "smoke")) == pyarrow.fs.FileSystem.from_uri(join(spaced, "smoke"))[1]
     assert fs_path("hdfs://namenode:8020/hpo/smoke") == "/hpo/smoke" and fs_path("/shared/smoke") == "/shared/smoke"
+
+
+def test_a_store_without_buckets_is_checked_by_its_probe_alone():
+    # pyarrow's in-memory file system stands for one whose paths are folders (hdfs://...): no bucket to look for.
+    check_uri("mock:///hpo", join("mock:///hpo", "smoke"))  # its folders made, a probe written and deleted there
 
 
 def test_a_file_uri_is_the_local_path_it_names_so_tunes_files_there_are_written_whole(work, no_ray):
