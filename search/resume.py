@@ -163,11 +163,9 @@ def extend(paths: StudyPaths, trials: int) -> bool:
 def final_settings(paths: StudyPaths) -> dict[str, Any] | None:
     """The searched settings the final runs on disk were trained with (their config.json); None where none has one."""
     for run in sorted(paths.final.glob("seed-*")):
-        try:
-            config = read_object(run / "config.json")
-        except (OSError, ValueError):  # not written yet, or damaged: the run's own resume deals with it
-            continue
-        return {k: config[k] for k in SEARCHED if k in config}
+        settings = settings_of(run)
+        if settings is not None:  # else not written yet, or damaged: the run's own resume deals with it
+            return settings
     return None
 
 
@@ -221,9 +219,7 @@ def clear_final(paths: StudyPaths, storage: str, keep_baseline: bool, seed_param
     Each step is a removal or a rename; killed midway, the study resumed does the rest (a final/seed-<s>/ of other
     settings than the new choice's is found again), and meanwhile final/summary.json says the stage is unfinished.
     """
-    started = load_final_summary(paths) if keep_baseline else None
-    if started is not None:  # its seeds stay (those the kept runs trained with, not the ones it would choose now)
-        write_json(paths.final / "summary.json", {**started, "status": "interrupted"})
+    started = unfinished(paths) if keep_baseline else None  # the seeds the kept runs trained with stay
     record = CheckpointRecord(paths, storage)
     for key in list(record.read().get("final-tune", {})):
         if not (keep_baseline and key.startswith(f"{BASELINE}/")):
@@ -243,6 +239,15 @@ def clear_final(paths: StudyPaths, storage: str, keep_baseline: bool, seed_param
             child.unlink()
     if started is not None:
         write_json(paths.final / "summary.json", final_summary(paths, started["seeds"], baseline=True))
+
+
+def unfinished(paths: StudyPaths) -> dict[str, Any] | None:
+    """final/summary.json, now saying "interrupted" (None where there is none): while final runs are moved or removed,
+    a stop finds the final stage unfinished and says --resume, which does the rest."""
+    started = load_final_summary(paths)
+    if started is not None:
+        write_json(paths.final / "summary.json", {**started, "status": "interrupted"})
+    return started
 
 
 def settings_of(run: Path) -> dict[str, Any] | None:
@@ -267,9 +272,7 @@ def promote_baseline(paths: StudyPaths, storage: str, seed_params: dict[str, flo
     base = paths.final / BASELINE
     if not base.is_dir():
         return []
-    started = load_final_summary(paths)  # its seeds: kept, and rewritten whole below
-    if started is not None:
-        write_json(paths.final / "summary.json", {**started, "status": "interrupted"})
+    started = unfinished(paths)  # its seeds stay, rewritten whole below
     CheckpointRecord(paths, storage).drop("final-tune")
     for run in sorted(paths.final.glob("seed-*")):
         if settings_of(run) != seed_params:  # the earlier choice's (a run moved here by an earlier attempt stays)

@@ -201,8 +201,8 @@ def plan(args: argparse.Namespace) -> Plan:
     if not paths.spec.exists():  # a new study: every rule of a study file
         spec = studies.load(args.study)
     check_writable("--results-dir", args.results_dir, paths.root)
-    if args.storage and local_path(args.storage):  # file://...: a local path, kept as one (its files written whole)
-        args.storage = local_path(args.storage)
+    if args.storage and (path := local_path(args.storage)):  # file://...: a local path, kept as one (written whole)
+        args.storage = path
     if args.storage and not is_uri(args.storage):
         check_writable("--storage", args.storage, Path(args.storage).resolve() / spec.name)
     lock.check_free(paths.root, spec.name)  # before the state: a running study looks interrupted
